@@ -1,0 +1,1 @@
+"""Search spaces: one declarative YAML file per optimizer, turned into Optuna and Ray Tune spaces."""
