@@ -731,3 +731,31 @@ def test_registry_accepts_every_shipped_space(name: str) -> None:
         optimizer.step()
         assert torch.isfinite(weights).all()
         study.tell(trial, 0.0)
+
+
+# ------------------------------------------------------------------------------------------
+# Odds and ends
+
+
+def test_documented_example_file_is_valid(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "search_spaces.md").read_text()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    space = load_space(write(tmp_path, example))
+    assert space.params["gamma"].when == {"noise_aware": (True,)}
+    assert space.to_hyperparameters(space.default_params())["betas"] == (0.9, 0.999)
+
+
+def test_space_and_its_ray_param_space_survive_pickling() -> None:
+    import pickle
+
+    space = load_space("hvadam")
+    copy = pickle.loads(pickle.dumps(space))
+    assert copy.default_params() == space.default_params()
+    assert dict(copy.fixed) == dict(space.fixed)
+    try:
+        param_space = space.ray_param_space()
+    except ImportError as exc:
+        missing_component(f"ray[tune] is not installed: {exc}")
+    restored = pickle.loads(pickle.dumps(param_space))
+    assert restored["gamma"].func({"noise_aware": False}) is None
+    assert space.params["gamma"].contains(restored["gamma"].func({"noise_aware": True}))
