@@ -3,7 +3,9 @@
 Every optimizer steps the same shapes with fixed random gradients, after warm-up (which also
 pays HVAdam's one-off torch.compile); ratios are to torch.optim.Adam(fused=True) measured in the
 same run. On CUDA the timed steps run under torch.cuda.set_sync_debug_mode("error"), so a step
-that synchronises host and device fails the benchmark instead of hiding in the numbers.
+that synchronises host and device fails the benchmark instead of hiding in the numbers; the
+readable reference paths (``foreach=False`` of HVAdam and Anon) read their decisions on the host
+by design, so they are timed without that check (marked in the table).
 
     PYTHONPATH=$PWD python benchmarks/step_time.py [--device cpu|cuda] [--steps N]
         [--warmup N] [--markdown]
@@ -61,7 +63,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(opt: torch.optim.Optimizer, device: str, steps: int) -> list[float]:
+def sync_checked(name: str) -> bool:
+    """Whether a candidate's steps must be free of host-device synchronisation."""
+    return not (name.startswith(("HVAdam", "Anon")) and name.endswith("foreach=False"))
+
+
+def time_steps(
+    opt: torch.optim.Optimizer, device: str, steps: int, check_sync: bool = True
+) -> list[float]:
     """Seconds per step, one sample per step; synchronisation only outside the timed steps."""
     samples = []
     cuda = device.startswith("cuda")
@@ -69,7 +78,7 @@ def time_steps(opt: torch.optim.Optimizer, device: str, steps: int) -> list[floa
         _sync(device)
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.set_sync_debug_mode("error")
+            torch.cuda.set_sync_debug_mode("error" if check_sync else "default")
             start.record()
             opt.step()
             end.record()
@@ -98,7 +107,7 @@ def run(device: str, steps: int, warmup: int) -> list[tuple[str, float, float, f
     rounds = max(1, steps // 5)
     for _ in range(rounds):
         for name, opt in opts.items():
-            samples[name] += time_steps(opt, device, max(1, steps // rounds))
+            samples[name] += time_steps(opt, device, max(1, steps // rounds), sync_checked(name))
     # The best step is the least disturbed by other work on a shared machine; medians are shown too.
     best = {name: min(s) * 1e3 for name, s in samples.items()}
     base = best["Adam fused"]
@@ -114,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda"):
+        print("sync-checked (set_sync_debug_mode('error')): every row but the reference paths")
     n_params = sum(s.numel() for s in resnet18_shapes())
     rows = run(args.device, args.steps, args.warmup)
     title = (
