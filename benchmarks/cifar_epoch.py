@@ -118,6 +118,7 @@ def run_workload(args, data_dir: str, make_opt, device: torch.device) -> dict:
         epochs.append(
             (time.perf_counter(), report.metrics["epoch_time"], report.metrics["step_time"])
         )
+        print(f"  workload epoch {report.epoch}: {epochs[-1][1]:.1f} s", flush=True)
 
     with GpuSampler(device) as gpu:
         w.run(make_opt, seed=0, device=str(device), on_epoch=on_epoch)
@@ -182,6 +183,7 @@ def run_dataloader(args, data_dir: str, make_opt, device: torch.device) -> dict:
                 torch.cuda.synchronize(device)
             end = time.perf_counter()
             times.append((start, end, batches))
+            print(f"  dataloader epoch {len(times)}: {end - start:.1f} s", flush=True)
     start, end, batches = times[-1]
     return {
         "seconds": end - start,
