@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import yaml
 
 from studies.cli import main
+from studies.results import runs_frame
 from studies.spec import available_specs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +163,8 @@ def test_postgres_password_never_appears_in_output_or_database(
 def test_demo_runs_both_shipped_campaigns_and_prints_their_tables(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HVADAM_STORAGE", raising=False)
-    assert main(["demo", "--trials", "2", "--seeds", "1"]) == 0
+    # --workers 2: this process and one `hvadam worker` child share the default storage
+    assert main(["demo", "--trials", "2", "--seeds", "1", "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert "== digits-t2s1: digits-mlp" in out and "== valley2d-t2s1: valley2d" in out
     assert "confirm val_accuracy mean" in out and "confirm function_value mean" in out
@@ -170,3 +172,8 @@ def test_demo_runs_both_shipped_campaigns_and_prints_their_tables(tmp_path, caps
         assert name in out
     assert "hvadam dashboard" in out
     assert (tmp_path / "hvadam.db").is_file()  # the default storage, in the working directory
+    url = f"sqlite:///{tmp_path / 'hvadam.db'}"
+    for campaign in ("digits-t2s1", "valley2d-t2s1"):
+        runs = runs_frame(url, campaign)
+        assert len(runs) == 6 * 3 and (runs["status"] != "running").all()
+        assert runs.groupby("optimizer").size().eq(3).all()  # 2 search + 1 confirm each
