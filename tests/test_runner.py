@@ -219,14 +219,15 @@ def test_concurrent_workers_keep_equal_budgets_and_confirm_each_seed_once(sqlite
     )
     spec = load_spec(path)
     prepare_campaign(spec, sqlite_url)
-    # A worker from "another shell", already busy when this process joins in.
-    outside = start_worker(path, sqlite_url, tmp_path, "--worker-index", "1")
+    # A worker from "another shell", already busy when `tune --workers 2` (this process and
+    # one child) joins in.
+    outside = start_worker(path, sqlite_url, tmp_path, "--worker-index", "5")
     assert wait_for_run(ResultsDB(sqlite_url), outside.pid) is not None
-    Worker(spec, RunnerConfig(storage=sqlite_url, threads=1, worker_index=0)).run()
+    run(spec, sqlite_url, workers=2)
     assert outside.wait(timeout=120) == 0
 
     runs = runs_frame(sqlite_url, "camp")
-    assert runs["worker"].nunique() == 2  # the work really was shared
+    assert runs["worker"].nunique() >= 2  # the work really was shared
     for label, study in studies_of(sqlite_url, spec).items():
         assert len(study.trials) == 3, label
         assert all(t.state == TrialState.COMPLETE for t in study.trials)
