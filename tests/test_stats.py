@@ -132,3 +132,45 @@ def test_minimize_direction_flips_better_and_worse():
 def test_bad_direction_is_a_clear_error():
     with pytest.raises(ValueError, match="direction"):
         comparison_tables({"adam": [1.0]}, direction="up")
+
+
+def test_welch_p_and_interval_agree_with_scipy_stats():
+    from scipy import stats
+
+    a, b = [0.3, 0.5, 0.4, 0.45, 0.52], [0.6, 0.7, 0.55, 0.9]
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    comp = compare_groups("hvadam", a, "adam", b)
+    assert comp.welch_t == pytest.approx(ref.statistic)
+    assert comp.welch_p == pytest.approx(ref.pvalue)
+    s = summarize("adam", b, confidence=0.9)
+    lo, hi = stats.t.interval(0.9, df=3, loc=_mean(b), scale=math.sqrt(_var(b) / 4))
+    assert (s.ci_low, s.ci_high) == (pytest.approx(lo), pytest.approx(hi))
+
+
+def test_mann_whitney_without_ties_equals_scipy_exact():
+    from scipy import stats
+
+    a, b = [1.2, 3.4, 0.5, 2.2, 7.0], [4.1, 5.5, 6.2, 8.8, 0.1, 9.9]
+    ref = stats.mannwhitneyu(a, b, alternative="two-sided", method="exact")
+    comp = compare_groups("hvadam", a, "adam", b)
+    assert comp.mwu_u == pytest.approx(ref.statistic)
+    assert comp.mwu_p == pytest.approx(ref.pvalue)
+
+
+def test_mann_whitney_large_samples_use_scipys_normal_approximation():
+    import numpy as np
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    a = np.round(rng.normal(0.0, 1.0, 30), 1)  # rounded: ties, corrected for
+    b = np.round(rng.normal(0.4, 1.0, 25), 1)
+    ref = stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic")
+    comp = compare_groups("hvadam", a, "adam", b)
+    assert comp.mwu_u == pytest.approx(ref.statistic)
+    assert comp.mwu_p == pytest.approx(ref.pvalue)
+
+
+def test_mann_whitney_with_ties_in_small_samples_stays_exact():
+    # 3 vs 3 with a tie: the exact test cannot go below 0.1, the normal approximation would
+    comp = compare_groups("hvadam", [1.0, 2.0, 2.0], "adam", [5.0, 6.0, 7.0])
+    assert comp.mwu_p == pytest.approx(0.1)
