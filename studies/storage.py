@@ -1,0 +1,343 @@
+"""The campaign database: resolving, checking and masking storage URLs, engines and locks.
+
+One URL holds everything: Optuna's tables and the project's results tables. It comes from
+`--storage`, else the `HVADAM_STORAGE` environment variable, else `sqlite:///hvadam.db` in the
+working directory. SQLite files are opened so that several worker processes can write at once
+(WAL journal, a long busy timeout, `BEGIN IMMEDIATE` transactions, retries on "database is
+locked"); PostgreSQL is the choice for many machines.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "STORAGE_ENV",
+    "CampaignLock",
+    "StorageError",
+    "check_storage_url",
+    "get_engine",
+    "mask_text",
+    "mask_url",
+    "optuna_storage",
+    "resolve_storage_url",
+    "with_retries",
+]
+
+DEFAULT_STORAGE = "sqlite:///hvadam.db"
+STORAGE_ENV = "HVADAM_STORAGE"
+ACCEPTED_FORMS = (
+    "sqlite:///relative/path.db, sqlite:////absolute/path.db, "
+    "postgresql+psycopg://user:password@host:5432/dbname, or another SQLAlchemy database URL"
+)
+# Seconds a SQLite connection waits for another writer before giving up.
+SQLITE_BUSY_TIMEOUT = 120.0
+
+T = TypeVar("T")
+
+
+class StorageError(ValueError):
+    """A storage URL that cannot be used; the message names the (masked) URL and the fix."""
+
+
+# ---- URLs --------------------------------------------------------------------------------------
+
+
+def resolve_storage_url(storage: str | None = None) -> str:
+    """`storage` if given, else `$HVADAM_STORAGE`, else `sqlite:///hvadam.db`."""
+    if storage:
+        return storage
+    return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+_PASSWORD_IN_URL = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)"
+)
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL with its password replaced by `***` (safe to print, log or store)."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return mask_text(str(url))
+    if parsed.password is None:
+        return str(url)
+    return parsed.render_as_string(hide_password=True)
+
+
+def mask_text(text: str) -> str:
+    """Every `scheme://user:password@` in free text with the password replaced by `***`."""
+    return _PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***", text)
+
+
+def check_storage_url(url: str) -> URL:
+    """Parse and check a storage URL without connecting; raise `StorageError` naming it."""
+    masked = mask_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise StorageError(
+            f"storage URL {masked!r} is not a database URL ({_first_line(exc)}); "
+            f"accepted forms: {ACCEPTED_FORMS}"
+        ) from None
+    try:
+        parsed.get_dialect()
+    except Exception as exc:
+        raise StorageError(
+            f"storage URL {masked!r}: no database driver for {parsed.drivername!r} "
+            f"({_first_line(exc)}); accepted forms: {ACCEPTED_FORMS}"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:" or database.startswith("file::memory:"):
+            raise StorageError(
+                f"storage URL {masked!r} is an in-memory SQLite database, which worker processes "
+                f"cannot share; give a file, e.g. sqlite:///hvadam.db"
+            )
+        parent = Path(database).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise StorageError(
+                f"storage URL {masked!r}: the directory {str(parent)!r} does not exist"
+            )
+    return parsed
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return mask_text(text[0]) if text else type(exc).__name__
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+# ---- engines -----------------------------------------------------------------------------------
+
+
+def configure_sqlite_engine(engine: Engine) -> None:
+    """Make a SQLite engine safe for several writing processes.
+
+    WAL lets readers run beside one writer; `BEGIN IMMEDIATE` takes the write lock at the start
+    of every transaction, so a transaction that read first never fails with "database is locked"
+    when it upgrades to writing (a busy timeout does not cover that case).
+    """
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    # Connections opened before the listeners were attached would miss them.
+    engine.dispose()
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    if is_sqlite(url):
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
+    return {"pool_pre_ping": True}
+
+
+@functools.cache
+def _engine(url: str, pid: int) -> Engine:
+    engine = sa.create_engine(url, **engine_kwargs(url))
+    if is_sqlite(url):
+        configure_sqlite_engine(engine)
+    return engine
+
+
+def get_engine(url: str) -> Engine:
+    """The process's shared engine for `url` (created once; never one per trial)."""
+    check_storage_url(url)
+    # Keyed by pid: an engine's pooled connections must not cross a fork.
+    return _engine(url, os.getpid())
+
+
+def connect_check(url: str) -> None:
+    """Open and close one connection, turning failures into a `StorageError` naming the URL."""
+    try:
+        with get_engine(url).connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError(
+            f"cannot connect to storage {mask_url(url)!r}: {_first_line(exc)}"
+        ) from None
+
+
+def optuna_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    stale_trial_callback: Callable[..., None] | None = None,
+    create_tables: bool = True,
+) -> Any:
+    """Optuna's RDB storage on `url`, with heartbeats and the SQLite settings for many writers."""
+    import optuna
+
+    check_storage_url(url)
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval is not None:
+        kwargs.update(
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=stale_trial_callback,
+        )
+    try:
+        storage = with_retries(
+            lambda: optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs(url),
+                skip_table_creation=not create_tables,
+                **kwargs,
+            )
+        )
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise StorageError(f"cannot open storage {mask_url(url)!r}: {_first_line(exc)}") from None
+    if is_sqlite(url):
+        configure_sqlite_engine(storage.engine)
+    return storage
+
+
+# ---- retries and locks -------------------------------------------------------------------------
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database is busy" in text or "deadlock" in text
+
+
+def with_retries(fn: Callable[[], T], *, attempts: int = 30) -> T:
+    """Call `fn`, retrying with backoff while the database reports it is locked or deadlocked."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except sa.exc.OperationalError as exc:
+            if attempt == attempts - 1 or not _is_lock_error(exc):
+                raise
+        except Exception as exc:
+            # Optuna wraps some database errors in its own types; look at the cause chain.
+            cause = exc.__cause__ or exc.__context__
+            if attempt == attempts - 1 or cause is None or not _is_lock_error(cause):
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+def _lock_key(name: str) -> int:
+    digest = hashlib.sha256(name.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class CampaignLock:
+    """A lock shared by every process working on one campaign in the database at `url`.
+
+    SQLite: an advisory lock on a file beside the database (SQLite is one machine anyway);
+    PostgreSQL: a session advisory lock; MySQL: GET_LOCK. A process that dies releases it.
+    Other databases get a lock within this process only. `release()` may be called early (the
+    runner releases it as soon as Optuna has handed out a trial) and again harmlessly.
+    """
+
+    _local: ClassVar[dict[str, threading.Lock]] = {}
+    _guard: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        with self._guard:
+            self._thread_lock = self._local.setdefault(f"{url}\0{name}", threading.Lock())
+        self._release: Callable[[], None] | None = None
+
+    def acquire(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            self._release = self._acquire_db()
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            try:
+                release()
+            finally:
+                self._thread_lock.release()
+
+    def __enter__(self) -> CampaignLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _acquire_db(self) -> Callable[[], None]:
+        parsed = make_url(self.url)
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
+            path = Path(parsed.database or "hvadam.db").expanduser().resolve()
+            fh = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 - held across calls
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+
+            def release_file() -> None:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+                finally:
+                    fh.close()
+
+            return release_file
+        if backend in ("postgresql", "mysql", "mariadb"):
+            if backend == "postgresql":
+                key: Any = _lock_key(self.name)
+                take, give = "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"
+            else:
+                key = "hvadam:" + hashlib.sha256(self.name.encode()).hexdigest()[:40]
+                take, give = "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"
+            conn = get_engine(self.url).connect()
+            try:
+                conn.execute(sa.text(take), {"k": key})
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
+
+            def release_db() -> None:
+                try:
+                    conn.execute(sa.text(give), {"k": key})
+                    conn.commit()
+                finally:
+                    conn.close()
+
+            return release_db
+        return lambda: None
