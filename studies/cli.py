@@ -1,0 +1,439 @@
+"""The `hvadam` command line: tune, worker, status, compare, specs, spaces, demo.
+
+Every error a user can cause (bad spec, bad storage URL, conflicting campaign, ...) prints one
+line, `hvadam: error: ...`, with any password in it masked, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from studies.storage import DEFAULT_STORAGE, STORAGE_ENV, mask_text, mask_url, resolve_storage_url
+
+__all__ = ["main"]
+
+DEMO_SPECS = ("digits", "valley2d")
+
+
+class UsageError(ValueError):
+    """A command used wrongly (unknown campaign, ...)."""
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def _storage(args: argparse.Namespace) -> str:
+    from studies.storage import check_storage_url
+
+    url = resolve_storage_url(args.storage)
+    check_storage_url(url)
+    return url
+
+
+def _runner_config(args: argparse.Namespace, url: str) -> Any:
+    from studies.runner import RunnerConfig
+
+    return RunnerConfig(
+        storage=url,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+        device=args.device,
+        threads=args.threads,
+        worker_index=getattr(args, "worker_index", None),
+    )
+
+
+def _fmt(value: Any, digits: int = 5) -> str:
+    if value is None:
+        return "-"
+    try:
+        if isinstance(value, float) and math.isnan(value):
+            return "-"
+    except TypeError:
+        pass
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def format_compare(frame: Any, fmt: str = "table") -> str:
+    """The comparison frame as an aligned text table, CSV or JSON."""
+    if fmt == "csv":
+        return frame.to_csv(index=False).rstrip("\n")
+    if fmt == "json":
+        return json.dumps(json.loads(frame.to_json(orient="records")), indent=2)
+    if frame.empty:
+        return "(no optimizers)"
+    metric = frame["metric"].iloc[0]
+    arrow = "higher" if frame["direction"].iloc[0] == "maximize" else "lower"
+    headers = [
+        "rank",
+        "optimizer",
+        f"best search {metric}",
+        f"confirm {metric} mean",
+        "std",
+        "seeds",
+        "complete",
+        "pruned",
+        "failed",
+        "compute s",
+    ]
+    rows = []
+    for i, rec in enumerate(frame.to_dict(orient="records"), start=1):
+        rows.append(
+            [
+                str(i),
+                rec["optimizer"],
+                _fmt(rec["best_value"]),
+                _fmt(rec["confirm_mean"]),
+                _fmt(rec["confirm_std"], 2),
+                str(rec["confirm_seeds"]),
+                str(rec["trials_complete"]),
+                str(rec["trials_pruned"]),
+                str(rec["trials_failed"]),
+                f"{rec['compute_time']:.1f}",
+            ]
+        )
+    return _table(headers, rows) + f"\n({arrow} {metric} is better; ranked by the confirm mean)"
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+def _load_spec(args: argparse.Namespace) -> Any:
+    from studies.spec import load_spec
+
+    if getattr(args, "data_dir", None):
+        os.environ["HVADAM_DATA_DIR"] = os.path.abspath(args.data_dir)
+    return load_spec(args.spec)
+
+
+def _run(args: argparse.Namespace, spec: Any, url: str, *, workers: int, quiet: bool) -> None:
+    from studies.progress import Progress, events_from_rows
+    from studies.results import ResultsDB
+    from studies.runner import prepare_campaign, run_campaign
+
+    info = prepare_campaign(spec, url)
+    db = ResultsDB(url)
+    progress = Progress(spec, metric=info["metric"], direction=info["direction"], quiet=quiet)
+    progress.start(events_from_rows(db.finished_runs(spec.name)))
+
+    def poll() -> None:
+        for event in events_from_rows(db.finished_runs(spec.name, progress.last_id)):
+            progress(event)
+
+    try:
+        run_campaign(
+            spec,
+            _runner_config(args, url),
+            workers=workers,
+            spec_arg=spec.source,
+            on_event=progress,
+            poll=poll,
+        )
+    finally:
+        progress.close()
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from studies.results import compare_frame
+
+    spec = _load_spec(args)
+    url = _storage(args)
+    if not args.quiet:
+        print(
+            f"campaign {spec.name!r}: workload {spec.workload}, {len(spec.labels)} optimizers x "
+            f"{spec.trials} trials, confirm on {spec.confirm_seeds} seeds; storage {mask_url(url)}"
+        )
+    _run(args, spec, url, workers=args.workers, quiet=args.quiet)
+    print(format_compare(compare_frame(url, spec.name)))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from studies.progress import Progress
+    from studies.runner import Worker, prepare_campaign
+
+    spec = _load_spec(args)
+    url = _storage(args)
+    info = prepare_campaign(spec, url)
+    progress = Progress(spec, metric=info["metric"], direction=info["direction"], quiet=args.quiet)
+    progress.start([])
+    try:
+        Worker(spec, _runner_config(args, url), on_event=progress).run()
+    finally:
+        progress.close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from studies.results import ResultsDB
+    from studies.status import campaign_status
+
+    url = _storage(args)
+    db = ResultsDB(url)
+    if args.campaign is None:
+        campaigns = db.campaigns()
+        if not campaigns:
+            print(f"no campaigns in {mask_url(url)}")
+            return 0
+        rows = []
+        for c in campaigns:
+            st = campaign_status(url, c["name"])
+            rows.append(
+                [
+                    c["name"],
+                    c["workload"],
+                    str(len(st)),
+                    f"{sum(r['search_done'] for r in st)}/{sum(r['budget'] for r in st)}",
+                    f"{sum(r['confirm_done'] for r in st)}/{sum(r['confirm_seeds'] for r in st)}",
+                    "done" if all(r["phase"] == "done" for r in st) else "running/incomplete",
+                ]
+            )
+        print(_table(["campaign", "workload", "optimizers", "search", "confirm", "state"], rows))
+        return 0
+    if db.campaign(args.campaign) is None:
+        raise UsageError(f"no campaign {args.campaign!r} in {mask_url(url)}")
+    st = campaign_status(url, args.campaign)
+    rows = [
+        [
+            r["optimizer"],
+            r["phase"],
+            f"{r['search_done']}/{r['budget']}",
+            str(r["complete"]),
+            str(r["pruned"]),
+            str(r["failed"]),
+            str(r["running"]),
+            _fmt(r["best"]),
+            f"{r['confirm_done']}/{r['confirm_seeds']}",
+        ]
+        for r in st
+    ]
+    print(
+        _table(
+            [
+                "optimizer",
+                "phase",
+                "search",
+                "complete",
+                "pruned",
+                "failed",
+                "running",
+                "best",
+                "confirm",
+            ],
+            rows,
+        )
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from studies.results import ResultsDB, compare_frame
+
+    url = _storage(args)
+    if ResultsDB(url).campaign(args.campaign) is None:
+        raise UsageError(f"no campaign {args.campaign!r} in {mask_url(url)}")
+    print(format_compare(compare_frame(url, args.campaign), args.format))
+    return 0
+
+
+def cmd_specs(args: argparse.Namespace) -> int:
+    from studies.spec import available_specs, load_spec
+
+    rows = []
+    for name in available_specs():
+        spec = load_spec(name, check=False)
+        rows.append(
+            [
+                name,
+                spec.workload,
+                ", ".join(spec.labels),
+                str(spec.trials),
+                str(spec.confirm_seeds),
+                spec.description,
+            ]
+        )
+    print(_table(["spec", "workload", "optimizers", "trials", "seeds", "description"], rows))
+    return 0
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from search_spaces import available_spaces, load_space
+
+    rows = []
+    for name in available_spaces():
+        space = load_space(name)
+        rows.append([name, space.optimizer, ", ".join(space.distributions())])
+    print(_table(["space", "optimizer", "tuned parameters"], rows))
+    return 0
+
+
+def _demo_spec(name: str, trials: int | None, seeds: int | None, workdir: str) -> Any:
+    """A shipped demo spec, with smaller budgets if asked (then under a name that says so)."""
+    import yaml
+
+    from studies.spec import load_spec
+
+    spec = load_spec(name)
+    if trials is None and seeds is None:
+        return spec
+    data = spec.normalized()
+    data["budget"]["trials"] = trials or spec.trials
+    data["confirm"]["seeds"] = spec.confirm_seeds if seeds is None else seeds
+    data["name"] = f"{spec.name}-t{data['budget']['trials']}s{data['confirm']['seeds']}"
+    data["description"] = spec.description
+    # Written to a file, so that worker processes load exactly the same spec.
+    path = os.path.join(workdir, f"{data['name']}.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(data, fh)
+    return load_spec(path)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from studies.results import compare_frame
+
+    url = _storage(args)
+    print(
+        f"hvadam demo: tuning HVAdam, Anon and baselines on {' and '.join(DEMO_SPECS)} "
+        f"(CPU, small budgets); storage {mask_url(url)}"
+    )
+    names = []
+    with tempfile.TemporaryDirectory(prefix="hvadam-demo-") as workdir:
+        for name in DEMO_SPECS:
+            spec = _demo_spec(name, args.trials, args.seeds, workdir)
+            names.append(spec.name)
+            print(
+                f"\n== {spec.name}: {spec.workload}, {', '.join(spec.labels)}; "
+                f"{spec.trials} trials each, confirm on {spec.confirm_seeds} seeds"
+            )
+            _run(args, spec, url, workers=args.workers, quiet=args.quiet)
+            print(format_compare(compare_frame(url, spec.name)))
+    storage_arg = "" if url == DEFAULT_STORAGE else f" --storage '{mask_url(url)}'"
+    print(
+        f"\nNext: `hvadam compare {names[0]}{storage_arg}` prints a table again; "
+        f"`hvadam dashboard{storage_arg}` opens the studies in optuna-dashboard."
+    )
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------------------------
+
+
+def _add_storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help=f"database URL (default: ${STORAGE_ENV}, else {DEFAULT_STORAGE})",
+    )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="override the spec's device (cpu, cuda, cuda:N)")
+    p.add_argument("--threads", type=int, help="torch threads per worker on the CPU")
+    p.add_argument(
+        "--heartbeat-interval",
+        type=int,
+        default=10,
+        metavar="S",
+        help="seconds between a running trial's heartbeats (default 10)",
+    )
+    p.add_argument(
+        "--grace-period",
+        type=int,
+        default=60,
+        metavar="S",
+        help="seconds without heartbeat before a trial is failed and retried (default 60)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hvadam",
+        description="Tune and compare HVAdam, Anon and baseline optimizers on your workloads.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("tune", help="run (or continue) a campaign")
+    p.add_argument("spec", help="a shipped spec name (see `hvadam specs`) or a YAML path")
+    _add_storage(p)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--data-dir", help="sets HVADAM_DATA_DIR, used by the data-backed specs")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("worker", help="join a running campaign from another shell or node")
+    p.add_argument("spec", help="the same spec the campaign was started with")
+    _add_storage(p)
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--data-dir", help="sets HVADAM_DATA_DIR, used by the data-backed specs")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("status", help="progress per optimizer and phase")
+    p.add_argument("campaign", nargs="?")
+    _add_storage(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("compare", help="one row per optimizer: best, confirm mean/std, counts")
+    p.add_argument("campaign")
+    _add_storage(p)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("specs", help="the shipped campaign specs")
+    p.set_defaults(func=cmd_specs)
+
+    p = sub.add_parser("spaces", help="the shipped search spaces")
+    p.set_defaults(func=cmd_spaces)
+
+    p = sub.add_parser("demo", help="tune the shipped digits and valley2d campaigns on the CPU")
+    _add_storage(p)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--trials", type=int, help="trials per optimizer (default: the specs')")
+    p.add_argument("--seeds", type=int, help="confirm seeds (default: the specs')")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("hvadam: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("HVADAM_DEBUG"):
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if not isinstance(exc, ValueError):
+            message = f"{type(exc).__name__}: {message}"
+        print(f"hvadam: error: {mask_text(message)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,439 @@
+"""Campaign specs: the YAML that says what to tune (workload x optimizers x equal budget).
+
+    name: digits                        # campaign name; studies are named <name>/<optimizer>
+    workload: {name: digits-mlp, options: {epochs: 4}}   # or just `workload: digits-mlp`
+    optimizers: [hvadam, anon, adam]    # or a mapping: name -> search-space overrides
+    budget: {trials: 8, max_epochs: 4}  # trials per optimizer; max_epochs optional
+    sampler: tpe                        # tpe | random | cmaes | gp | grid
+    pruner: median                      # hyperband | median | none
+    confirm: {seeds: 3}                 # the best config of each optimizer on K fresh seeds
+    seed: 0
+    device: auto                        # optional: auto | cpu | cuda | cuda:N
+
+Shipped specs live in `studies/specs/` (`available_specs()`); `load_spec` takes a shipped name or
+a path. Every problem raises `SpecError` naming the key and what is allowed, before any trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "CampaignSpec",
+    "OptimizerEntry",
+    "SpecError",
+    "available_specs",
+    "load_spec",
+    "parse_spec",
+    "spec_path",
+]
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "grid")
+PRUNERS = ("hyperband", "median", "none")
+TOP_KEYS = (
+    "name",
+    "description",
+    "workload",
+    "optimizers",
+    "budget",
+    "sampler",
+    "pruner",
+    "confirm",
+    "seed",
+    "device",
+)
+REQUIRED = ("name", "workload", "optimizers", "budget")
+BUDGET_KEYS = ("trials", "max_epochs")
+CONFIRM_KEYS = ("seeds",)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class SpecError(ValueError):
+    """A malformed campaign spec; the message names the spec, the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """One optimizer of a campaign: its label (the study suffix), space file and overrides."""
+
+    label: str
+    space: str  # a shipped space name or a path, as written in the spec
+    overrides: dict[str, Any] = field(default_factory=dict)
+    space_file: str | None = None  # `space` resolved against the spec's directory
+
+    def load_space(self) -> Any:
+        """The `SearchSpace` of this entry (shipped or user file, with the overrides applied)."""
+        from search_spaces import load_space
+
+        return load_space(self.space_file or self.space, overrides=self.overrides or None)
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    name: str
+    workload: str
+    workload_options: dict[str, Any]
+    optimizers: tuple[OptimizerEntry, ...]
+    trials: int
+    max_epochs: int | None
+    sampler: str
+    pruner: str
+    confirm_seeds: int
+    seed: int
+    device: str
+    description: str = ""
+    source: str = "<dict>"
+
+    def normalized(self) -> dict[str, Any]:
+        """The spec with every default filled in, in one canonical form (what the hash covers)."""
+        return {
+            "name": self.name,
+            "workload": {"name": self.workload, "options": copy.deepcopy(self.workload_options)},
+            "optimizers": {
+                e.label: {
+                    **({"space": e.space} if e.space != e.label else {}),
+                    **copy.deepcopy(e.overrides),
+                }
+                for e in self.optimizers
+            },
+            "budget": {"trials": self.trials, "max_epochs": self.max_epochs},
+            "sampler": self.sampler,
+            "pruner": self.pruner,
+            "confirm": {"seeds": self.confirm_seeds},
+            "seed": self.seed,
+            "device": self.device,
+        }
+
+    @property
+    def spec_hash(self) -> str:
+        """SHA-256 (first 16 hex digits) of the normalised spec; the description is not part of it."""
+        text = json.dumps(self.normalized(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def labels(self) -> list[str]:
+        return [e.label for e in self.optimizers]
+
+    def study_name(self, label: str) -> str:
+        return f"{self.name}/{label}"
+
+    def entry(self, label: str) -> OptimizerEntry:
+        for e in self.optimizers:
+            if e.label == label:
+                return e
+        raise KeyError(label)
+
+    def resolved_workload_options(self) -> dict[str, Any]:
+        """Workload options with `${ENV}` references expanded and `budget.max_epochs` applied.
+
+        (`${ENV}` stays unexpanded in the hash, so nodes with other mount points agree on it.)
+        """
+        options = {
+            k: _expand(self, f"workload.options.{k}", v) for k, v in self.workload_options.items()
+        }
+        if self.max_epochs is not None:
+            from studies.workloads import workload_class
+
+            known = workload_class(self.workload).OPTIONS
+            if "epochs" in known:
+                options["epochs"] = self.max_epochs
+            elif "steps" in known and "report_every" in known:
+                every = options.get("report_every", known["report_every"].default)
+                options["steps"] = self.max_epochs * int(every)
+            else:
+                raise SpecError(
+                    f"spec {self.source}: budget.max_epochs: workload {self.workload!r} has no "
+                    f"'epochs' (or 'steps' and 'report_every') option to limit"
+                )
+        return options
+
+    def build_workload(self) -> Any:
+        """The campaign's workload object; option problems become `SpecError` naming the key."""
+        from studies.workloads import get_workload
+
+        options = self.resolved_workload_options()
+        try:
+            return get_workload(self.workload, **options)
+        except ValueError as exc:
+            raise SpecError(f"spec {self.source}: workload: {exc}") from None
+
+    def load_spaces(self) -> dict[str, Any]:
+        """label -> `SearchSpace`, each checked; problems become `SpecError` naming the key."""
+        import hvadam
+
+        spaces = {}
+        for e in self.optimizers:
+            try:
+                space = e.load_space()
+            except ValueError as exc:
+                raise SpecError(f"spec {self.source}: optimizers.{e.label}: {exc}") from None
+            if space.optimizer not in hvadam.available_optimizers():
+                raise SpecError(
+                    f"spec {self.source}: optimizers.{e.label}: the space is for "
+                    f"{space.optimizer!r}, which is not a known optimizer "
+                    f"(known: {', '.join(hvadam.available_optimizers())})"
+                )
+            spaces[e.label] = space
+        return spaces
+
+    def check(self) -> None:
+        """Everything that can be checked before a trial runs: spaces and workload options."""
+        self.load_spaces()
+        self.build_workload()
+
+
+def _expand(spec: CampaignSpec, key: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+
+    def sub(match: re.Match[str]) -> str:
+        var = match.group(1)
+        if var not in os.environ:
+            raise SpecError(
+                f"spec {spec.source}: {key} uses ${{{var}}}, which is not set; set the "
+                f"environment variable {var} (for data, `hvadam tune --data-dir DIR` sets "
+                f"HVADAM_DATA_DIR)"
+            )
+        return os.environ[var]
+
+    return _ENV_RE.sub(sub, value)
+
+
+# ---- loading -----------------------------------------------------------------------------------
+
+
+def _specs_dir() -> Any:
+    return resources.files("studies") / "specs"
+
+
+def available_specs() -> list[str]:
+    """Names of the specs shipped with the project."""
+    return sorted(
+        p.name.removesuffix(".yaml") for p in _specs_dir().iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def spec_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """The file behind a shipped spec name or a path; `SpecError` when there is none."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    name = str(name_or_path)
+    if name in available_specs():
+        return Path(str(_specs_dir() / f"{name}.yaml"))
+    raise SpecError(
+        f"no campaign spec {name!r}: not a file, and not a shipped spec "
+        f"(shipped: {', '.join(available_specs())})"
+    )
+
+
+def load_spec(name_or_path: str | os.PathLike[str], *, check: bool = True) -> CampaignSpec:
+    """Read and validate a campaign spec (a shipped name or a YAML path).
+
+    With `check`, the search spaces are loaded and the workload is built too, so every problem
+    surfaces here; without it only the spec's own structure and names are checked.
+    """
+    path = spec_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec {path}: not valid YAML: {exc}") from None
+    spec = parse_spec(data, source=str(path), base_dir=path.parent)
+    if check:
+        spec.check()
+    return spec
+
+
+def parse_spec(
+    data: Any, *, source: str = "<dict>", base_dir: str | os.PathLike[str] | None = None
+) -> CampaignSpec:
+    """Validate spec data (as loaded from YAML) and return the `CampaignSpec`."""
+
+    def fail(key: str, problem: str) -> SpecError:
+        return SpecError(f"spec {source}: {key}: {problem}")
+
+    if not isinstance(data, Mapping):
+        raise SpecError(
+            f"spec {source}: must be a mapping with keys {', '.join(REQUIRED)} "
+            f"(got {type(data).__name__})"
+        )
+    unknown = sorted(set(map(str, data)) - set(TOP_KEYS))
+    if unknown:
+        raise fail(
+            ", ".join(unknown),
+            f"unknown key{'s' if len(unknown) > 1 else ''}; allowed: {', '.join(TOP_KEYS)}",
+        )
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise fail(", ".join(missing), "missing (required: " + ", ".join(REQUIRED) + ")")
+
+    name = data["name"]
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise fail(
+            "name",
+            f"must be a string of letters, digits, '.', '_' or '-' (no '/'), got {name!r}",
+        )
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise fail("description", f"must be a string, got {description!r}")
+
+    workload, options = _parse_workload(data["workload"], fail)
+    optimizers = _parse_optimizers(data["optimizers"], fail, base_dir)
+
+    budget = data["budget"]
+    if not isinstance(budget, Mapping):
+        raise fail("budget", f"must be a mapping like {{trials: 20}}, got {budget!r}")
+    extra = sorted(set(map(str, budget)) - set(BUDGET_KEYS))
+    if extra:
+        raise fail(f"budget.{extra[0]}", f"unknown key; allowed: {', '.join(BUDGET_KEYS)}")
+    if "trials" not in budget:
+        raise fail("budget.trials", "missing (the number of trials per optimizer)")
+    trials = _positive_int(budget["trials"], "budget.trials", fail)
+    max_epochs = budget.get("max_epochs")
+    if max_epochs is not None:
+        max_epochs = _positive_int(max_epochs, "budget.max_epochs", fail)
+
+    sampler = data.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise fail("sampler", f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
+    pruner = data.get("pruner", "median")
+    if pruner is None or pruner is False:
+        pruner = "none"
+    if pruner not in PRUNERS:
+        raise fail("pruner", f"unknown pruner {pruner!r}; allowed: {', '.join(PRUNERS)}")
+
+    confirm = data.get("confirm", {"seeds": 3})
+    if not isinstance(confirm, Mapping):
+        raise fail("confirm", f"must be a mapping like {{seeds: 3}}, got {confirm!r}")
+    extra = sorted(set(map(str, confirm)) - set(CONFIRM_KEYS))
+    if extra:
+        raise fail(f"confirm.{extra[0]}", f"unknown key; allowed: {', '.join(CONFIRM_KEYS)}")
+    seeds = confirm.get("seeds", 3)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
+        raise fail("confirm.seeds", f"must be an integer >= 0, got {seeds!r}")
+
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise fail("seed", f"must be an integer in [0, 2**31), got {seed!r}")
+    device = data.get("device", "auto")
+    if not isinstance(device, str) or not DEVICE_RE.match(device):
+        raise fail("device", f"must be one of auto, cpu, cuda, cuda:N, mps; got {device!r}")
+
+    return CampaignSpec(
+        name=name,
+        workload=workload,
+        workload_options=options,
+        optimizers=optimizers,
+        trials=trials,
+        max_epochs=max_epochs,
+        sampler=sampler,
+        pruner=pruner,
+        confirm_seeds=seeds,
+        seed=seed,
+        device=device,
+        description=description,
+        source=source,
+    )
+
+
+def _positive_int(value: Any, key: str, fail: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise fail(key, f"must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _parse_workload(value: Any, fail: Any) -> tuple[str, dict[str, Any]]:
+    from studies.workloads import available_workloads
+
+    if isinstance(value, str):
+        name, options = value, {}
+    elif isinstance(value, Mapping):
+        if "name" not in value:
+            raise fail("workload.name", "missing (the workload's registered name)")
+        name = value["name"]
+        options = {str(k): v for k, v in value.items() if k not in ("name", "options")}
+        nested = value.get("options") or {}
+        if not isinstance(nested, Mapping):
+            raise fail("workload.options", f"must be a mapping, got {nested!r}")
+        clash = sorted(set(options) & set(map(str, nested)))
+        if clash:
+            raise fail(f"workload.{clash[0]}", "given both directly and under workload.options")
+        options.update({str(k): v for k, v in nested.items()})
+    else:
+        raise fail(
+            "workload",
+            f"must be a workload name or a mapping with 'name' and options, got {value!r}",
+        )
+    known = available_workloads()
+    if name not in known:
+        raise fail("workload.name", f"unknown workload {name!r}; known: {', '.join(known)}")
+    return name, options
+
+
+def _parse_optimizers(
+    value: Any, fail: Any, base_dir: str | os.PathLike[str] | None
+) -> tuple[OptimizerEntry, ...]:
+    import hvadam
+
+    known = hvadam.available_optimizers()
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise fail("optimizers", f"a list must hold optimizer names, got {value!r}")
+        if len(set(value)) != len(value):
+            raise fail("optimizers", f"lists an optimizer twice: {value!r}")
+        value = {v: {} for v in value}
+    if not isinstance(value, Mapping) or not value:
+        raise fail(
+            "optimizers",
+            "must be a non-empty list of optimizer names or a mapping name -> space overrides "
+            f"(known optimizers: {', '.join(known)})",
+        )
+    entries = []
+    for label, body in value.items():
+        key = f"optimizers.{label}"
+        if not isinstance(label, str) or not NAME_RE.match(label):
+            raise fail(key, "an optimizer label must be letters, digits, '.', '_' or '-'")
+        body = {} if body is None else body
+        if not isinstance(body, Mapping):
+            raise fail(key, f"must be a mapping of search-space overrides, got {body!r}")
+        body = {str(k): copy.deepcopy(v) for k, v in body.items()}
+        space = body.pop("space", None)
+        if space is None:
+            if label not in known:
+                raise fail(
+                    key,
+                    f"unknown optimizer {label!r}; known: {', '.join(known)} "
+                    f"(or give 'space: path/to/space.yaml' for your own)",
+                )
+            space = label
+        elif not isinstance(space, str):
+            raise fail(f"{key}.space", f"must be a space name or a path, got {space!r}")
+        space_file = None
+        if isinstance(space, str) and space.endswith((".yaml", ".yml")):
+            candidate = Path(space).expanduser()
+            if not candidate.is_absolute() and base_dir is not None:
+                candidate = Path(base_dir) / candidate
+            if not candidate.is_file():
+                raise fail(f"{key}.space", f"space file {str(candidate)!r} does not exist")
+            space_file = str(candidate)
+        entries.append(
+            OptimizerEntry(label=label, space=space, overrides=body, space_file=space_file)
+        )
+    return tuple(entries)

@@ -1,0 +1,182 @@
+"""scikit-learn's bundled handwritten digits (8x8, 10 classes) with a small MLP or CNN.
+
+The project's embedded default: real data that ships with scikit-learn, seconds on a CPU.
+The 1797 images are split once, stratified, into train/validation/test (60/20/20 by default,
+fixed by `split_seed` so that every run sees the same split) and standardised with the training
+set's per-pixel mean and standard deviation. The run's seed drives the model's initialisation
+and the order of the mini-batches. Metric: validation accuracy (maximise); the test accuracy
+of the final model is in the final metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from torch import nn
+
+from studies.workloads._base import (
+    MakeOptimizer,
+    OnEpoch,
+    Option,
+    OptionError,
+    RunResult,
+    Stopwatch,
+    Workload,
+    check_finite,
+    epoch_metrics,
+    report,
+    resolve_device,
+    seed_everything,
+)
+
+
+@functools.lru_cache(maxsize=4)
+def load_split(
+    split_seed: int, val_fraction: float, test_fraction: float
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The standardised digits split as float32 arrays: {"train"|"val"|"test": (x, y)}."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        x, y, test_size=test_fraction, stratify=y, random_state=split_seed
+    )
+    x_train, x_val, y_train, y_val = train_test_split(
+        x_rest,
+        y_rest,
+        test_size=val_fraction / (1.0 - test_fraction),
+        stratify=y_rest,
+        random_state=split_seed,
+    )
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std[std == 0] = 1.0  # border pixels that are always 0 in the training set
+    return {
+        name: (((xs - mean) / std).astype(np.float32), ys.astype(np.int64))
+        for name, xs, ys in (
+            ("train", x_train, y_train),
+            ("val", x_val, y_val),
+            ("test", x_test, y_test),
+        )
+    }
+
+
+def build_model(kind: str, hidden: int) -> nn.Module:
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    # Small CNN on the 1x8x8 image: two 3x3 convolutions, one 2x2 pooling, a linear head.
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, hidden // 2, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(hidden // 2, hidden, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(hidden * 16, 10),
+    )
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+class Digits(Workload):
+    """Digits classification with an MLP (`digits-mlp`) or a small CNN (`digits-cnn`)."""
+
+    metric = "val_accuracy"
+    direction = "maximize"
+    unit = "epoch"
+    OPTIONS = {
+        "model": Option("mlp", "str", "network", choices=("mlp", "cnn")),
+        "epochs": Option(None, "int", "training epochs (null: 20 for mlp, 15 for cnn)", low=1, nullable=True),
+        "batch_size": Option(32, "int", "mini-batch size", low=1),
+        "hidden": Option(None, "int", "hidden units (mlp) / channels of the last conv (cnn); null: 128 / 32", low=2, nullable=True),
+        "split_seed": Option(0, "int", "seed of the train/validation/test split", low=0),
+        "val_fraction": Option(0.2, "float", "validation share of the data", low=0.05, high=0.45),
+        "test_fraction": Option(0.2, "float", "test share of the data", low=0.05, high=0.45),
+    }  # fmt: skip
+
+    def _configure(self) -> None:
+        o = self.options
+        if o["epochs"] is None:
+            o["epochs"] = 20 if o["model"] == "mlp" else 15
+        if o["hidden"] is None:
+            o["hidden"] = 128 if o["model"] == "mlp" else 32
+        if o["val_fraction"] + o["test_fraction"] > 0.6:
+            raise OptionError(
+                "options 'val_fraction' + 'test_fraction' must leave at least 40% for training, "
+                f"got {o['val_fraction']} + {o['test_fraction']}"
+            )
+        self.max_epochs = o["epochs"]
+
+    def run(
+        self,
+        make_optimizer: MakeOptimizer,
+        *,
+        seed: int,
+        device: str = "cpu",
+        on_epoch: OnEpoch | None = None,
+    ) -> RunResult:
+        seed_everything(seed)
+        dev = resolve_device(device)
+        o = self.options
+        split = load_split(o["split_seed"], o["val_fraction"], o["test_fraction"])
+        data = {
+            k: (torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev))
+            for k, (x, y) in split.items()
+        }
+        x_train, y_train = data["train"]
+
+        model = build_model(o["model"], o["hidden"]).to(dev)
+        optimizer = make_optimizer(model.parameters())
+        loss_fn = nn.CrossEntropyLoss()
+        order = torch.Generator().manual_seed(int(seed))
+        n, bs = len(y_train), o["batch_size"]
+
+        best, value = -1.0, 0.0
+        for epoch in range(1, self.max_epochs + 1):
+            model.train()
+            perm = torch.randperm(n, generator=order).to(dev)
+            total = torch.zeros((), device=dev)
+            watch = Stopwatch(dev)
+            steps = 0
+            with watch:
+                for i in range(0, n, bs):
+                    idx = perm[i : i + bs]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_fn(model(x_train[idx]), y_train[idx])
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.detach() * len(idx)
+                    steps += 1
+            train_loss = float(total) / n
+            check_finite(train_loss, epoch=epoch, what="training loss")
+            value = accuracy(model, *data["val"])
+            best = max(best, value)
+            metrics = epoch_metrics(
+                optimizer,
+                train_loss=train_loss,
+                step_time=watch.total / steps,
+                val_accuracy=value,
+            )
+            report(on_epoch, epoch, value, metrics)
+
+        final = {
+            "val_accuracy": value,
+            "test_accuracy": accuracy(model, *data["test"]),
+            "train_accuracy": accuracy(model, *data["train"]),
+            "best_val_accuracy": best,
+            "train_loss": train_loss,
+        }
+        return RunResult(
+            value=value,
+            metrics=final,
+            extras={"split_sizes": {k: len(v[1]) for k, v in split.items()}},
+        )

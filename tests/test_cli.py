@@ -1,0 +1,154 @@
+"""The `hvadam` command line: listing, tune/status/compare on real storages, errors, masking."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from studies.cli import main
+from studies.spec import available_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "pg-secret-Xy7"  # the conftest PostgreSQL password
+
+TINY = {
+    "name": "tiny",
+    "workload": {"name": "valley2d", "options": {"steps": 20, "report_every": 5}},
+    "optimizers": ["hvadam", "sgd"],
+    "budget": {"trials": 2},
+    "sampler": "random",
+    "pruner": "none",
+    "confirm": {"seeds": 2},
+    "device": "cpu",
+}
+
+
+def tiny_spec(tmp_path: Path, **changes) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    return str(path)
+
+
+def hvadam_cli(*args: str, cwd: Path, env: dict[str, str] | None = None):
+    """Run `python -m studies.cli` as a user would (a fresh process, real exit code)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env.pop("HVADAM_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "studies.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_specs_lists_the_shipped_campaigns(capsys):
+    assert main(["specs"]) == 0
+    out = capsys.readouterr().out
+    for name in available_specs():
+        assert name in out
+    assert "digits-mlp" in out and "cifar10-resnet34" in out
+
+
+def test_spaces_lists_the_shipped_search_spaces(capsys):
+    assert main(["spaces"]) == 0
+    out = capsys.readouterr().out
+    assert "hvadam" in out and "anon" in out and "adaptivity" in out
+
+
+def test_tune_then_status_and_compare_in_every_format(storage_url, tmp_path, capsys):
+    spec = tiny_spec(tmp_path)
+    assert main(["tune", spec, "--storage", storage_url]) == 0
+    out = capsys.readouterr().out
+    # not a terminal: one line per finished run, then the comparison table
+    assert out.count("[tiny] hvadam search #") == 2 and out.count("[tiny] sgd confirm seed") == 2
+    assert "best search function_value" in out and "confirm function_value mean" in out
+    assert PASSWORD not in out
+
+    assert main(["status", "tiny", "--storage", storage_url]) == 0
+    status = capsys.readouterr().out
+    assert "hvadam" in status and "done" in status and "2/2" in status
+    assert main(["status", "--storage", storage_url]) == 0
+    assert "tiny" in capsys.readouterr().out
+
+    assert main(["compare", "tiny", "--storage", storage_url, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["optimizer"] for r in rows} == {"hvadam", "sgd"}
+    for r in rows:
+        assert r["confirm_seeds"] == 2 and r["trials_complete"] == 2
+        assert r["confirm_mean"] is not None and r["compute_time"] > 0
+    assert main(["compare", "tiny", "--storage", storage_url, "--format", "csv"]) == 0
+    csv = capsys.readouterr().out.splitlines()
+    assert csv[0].startswith("optimizer,metric,direction,best_value") and len(csv) == 3
+
+
+def test_errors_are_one_clean_line_with_exit_status_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TINY, "sampler": "bayes"}))
+    cases = [
+        (["tune", str(bad), "--storage", f"sqlite:///{tmp_path}/x.db"], "sampler: unknown sampler"),
+        (["tune", "no-such-spec"], "no campaign spec 'no-such-spec'"),
+        (["compare", "nope", "--storage", f"sqlite:///{tmp_path}/x.db"], "no campaign 'nope'"),
+        (["status", "--storage", "bogus://u:hunter2@h/db"], "no database driver"),
+    ]
+    for args, needle in cases:
+        proc = hvadam_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("hvadam: error: "), proc.stderr
+        assert needle in lines[0] and "Traceback" not in proc.stderr
+        assert "hunter2" not in proc.stderr + proc.stdout
+
+
+def test_a_malformed_spec_runs_no_trial(tmp_path):
+    url = f"sqlite:///{tmp_path}/x.db"
+    bad = tiny_spec(tmp_path, optimizers={"hvadam": {"adaptivity": {"low": 2.0, "high": 1.0}}})
+    assert main(["tune", bad, "--storage", url]) == 2
+    engine = sa.create_engine(url)
+    assert not sa.inspect(engine).has_table("trials")  # nothing was even created
+
+
+def test_postgres_password_never_appears_in_output_or_database(postgres_url, tmp_path):
+    spec = tiny_spec(tmp_path)
+    env = {"HVADAM_STORAGE": postgres_url}
+    outputs = []
+    for args in (["tune", spec], ["status"], ["status", "tiny"], ["compare", "tiny"]):
+        proc = hvadam_cli(*args, cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout + proc.stderr)
+    text = "\n".join(outputs)
+    assert PASSWORD not in text
+    assert "postgres:***@127.0.0.1" in outputs[0]
+    # nothing stored in the database carries the password either
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        for table in (
+            "hvadam_runs",
+            "hvadam_campaigns",
+            "study_user_attributes",
+            "trial_user_attributes",
+        ):
+            rows = conn.execute(sa.text(f"SELECT * FROM {table}")).all()
+            assert rows and PASSWORD not in repr(rows), table
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_demo_runs_both_shipped_campaigns_and_prints_their_tables(tmp_path):
+    proc = hvadam_cli("demo", "--trials", "2", "--seeds", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "== digits-t2s1: digits-mlp" in out and "== valley2d-t2s1: valley2d" in out
+    assert "confirm val_accuracy mean" in out and "confirm function_value mean" in out
+    for name in ("hvadam", "anon", "adam", "sgd"):
+        assert name in out
+    assert "hvadam dashboard" in out
+    assert (tmp_path / "hvadam.db").is_file()  # the default storage, in the working directory

@@ -1,0 +1,256 @@
+"""The Optuna runner on real storages, real Optuna and real (tiny) workloads.
+
+Covers: studies and their attrs, the default config as trial 0, the equal budget with several
+workers, resuming, diverging and crashing trials, a SIGKILLed worker's trial retried by
+heartbeat, and the confirm phase running exactly once per seed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy as sa
+import yaml
+from optuna.trial import TrialState
+
+import hvadam
+from studies.results import ResultsDB, curves_frame, runs_frame
+from studies.runner import (
+    CampaignError,
+    RunnerConfig,
+    confirm_seed,
+    prepare_campaign,
+    run_campaign,
+    search_seed,
+)
+from studies.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VALLEY = {
+    "name": "camp",
+    "workload": {"name": "valley2d", "options": {"steps": 20, "report_every": 5}},
+    "optimizers": ["hvadam", "adam"],
+    "budget": {"trials": 3},
+    "sampler": "random",
+    "pruner": "none",
+    "confirm": {"seeds": 2},
+    "seed": 5,
+    "device": "cpu",
+}
+
+
+def write_spec(tmp_path: Path, **changes) -> Path:
+    data = {**VALLEY, **changes}
+    path = tmp_path / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def studies_of(url: str, spec) -> dict[str, optuna.Study]:
+    return {
+        label: optuna.load_study(study_name=spec.study_name(label), storage=url)
+        for label in spec.labels
+    }
+
+
+def run(spec, url: str, workers: int = 1, **config) -> None:
+    run_campaign(spec, RunnerConfig(storage=url, **config), workers=workers)
+
+
+def test_campaign_makes_one_tagged_study_per_optimizer_with_defaults_first(storage_url, tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    run(spec, storage_url)
+    studies = studies_of(storage_url, spec)
+    assert set(optuna.get_all_study_names(storage_url)) == {"camp/hvadam", "camp/adam"}
+    for label, study in studies.items():
+        attrs = study.user_attrs
+        assert attrs["campaign"] == "camp" and attrs["workload"] == "valley2d"
+        assert attrs["optimizer"] == label and attrs["spec_hash"] == spec.spec_hash
+        assert attrs["spec"] == spec.normalized()
+        assert study.direction == optuna.study.StudyDirection.MINIMIZE
+        trials = study.get_trials()
+        assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+        first = trials[0]
+        assert first.params == spec.entry(label).load_space().default_params()
+        assert first.user_attrs["default_config"] is True
+        assert [t.user_attrs["seed"] for t in trials] == [search_seed(5, n) for n in range(3)]
+
+    runs = runs_frame(storage_url, "camp")
+    search = runs[runs["phase"] == "search"]
+    confirm = runs[runs["phase"] == "confirm"]
+    assert len(search) == 6 and len(confirm) == 4
+    assert (runs["status"] == "complete").all()
+    # full resolved hyperparameters: every keyword the optimizer takes
+    for _, row in runs.iterrows():
+        assert set(row["hyperparameters"]) == set(hvadam.optimizer_defaults(row["optimizer"]))
+    # confirm: the best search config of each optimizer, on fresh seeds shared by all
+    for label, study in studies.items():
+        mine = confirm[confirm["optimizer"] == label]
+        assert set(mine["trial_number"]) == {study.best_trial.number}
+        assert sorted(mine["seed"]) == [confirm_seed(5, 0), confirm_seed(5, 1)]
+    assert not set(confirm["seed"]) & set(search["seed"])
+    # curves: several named metrics per epoch, HVAdam internals among them
+    curves = curves_frame(storage_url, "camp")
+    hv = curves[curves["optimizer"] == "hvadam"]
+    assert {"train_loss", "restarts"} <= set(hv["metric"])
+    assert sorted(hv["epoch"].unique()) == [1, 2, 3, 4]
+    # trajectories of valley2d are kept in extras
+    assert all(len(e["trajectory"]) >= 2 for e in runs["extras"])
+    assert all(m["function_value"] >= 0 for m in runs["metrics"])
+
+
+def test_workers_interleave_optimizers_so_counts_never_drift(sqlite_url, tmp_path):
+    spec = load_spec(
+        write_spec(tmp_path, optimizers=["hvadam", "adam", "sgd"], budget={"trials": 4})
+    )
+    run(spec, sqlite_url)
+    order = runs_frame(sqlite_url, "camp").query("phase == 'search'")["optimizer"].tolist()
+    for i in range(1, len(order) + 1):
+        counts = [order[:i].count(o) for o in spec.labels]
+        assert max(counts) - min(counts) <= 1, order
+
+
+def test_running_the_same_campaign_again_runs_nothing_new(sqlite_url, tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    run(spec, sqlite_url)
+    before = runs_frame(sqlite_url, "camp")
+    started = time.perf_counter()
+    run(spec, sqlite_url)
+    assert time.perf_counter() - started < 10
+    after = runs_frame(sqlite_url, "camp")
+    assert after["run_id"].tolist() == before["run_id"].tolist()
+    assert sum(len(s.trials) for s in studies_of(sqlite_url, spec).values()) == 6
+
+
+def test_a_different_spec_under_the_same_name_is_refused(storage_url, tmp_path):
+    run(load_spec(write_spec(tmp_path)), storage_url)
+    changed = load_spec(write_spec(tmp_path, budget={"trials": 4}))
+    with pytest.raises(CampaignError, match=r"'camp' already exists .* different spec"):
+        run(changed, storage_url)
+
+
+def test_a_diverging_trial_is_pruned_with_its_reason(storage_url, tmp_path):
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            workload={
+                "name": "noisy-quadratic",
+                "options": {"dim": 10, "steps": 60, "report_every": 20},
+            },
+            optimizers={"sgd": {"lr": 1000.0}, "adam": {}},
+            budget={"trials": 2},
+            confirm={"seeds": 1},
+        )
+    )
+    run(spec, storage_url)
+    sgd = studies_of(storage_url, spec)["sgd"]
+    assert [t.state for t in sgd.trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    for t in sgd.trials:
+        assert t.user_attrs["prune_reason"].startswith("diverged at epoch ")
+    runs = runs_frame(storage_url, "camp")
+    sgd_runs = runs[runs["optimizer"] == "sgd"]
+    assert (sgd_runs["phase"] == "search").all()  # nothing to confirm
+    assert (sgd_runs["status"] == "pruned").all()
+    assert sgd_runs["reason"].str.contains("diverged at epoch").all()
+    adam = runs[runs["optimizer"] == "adam"]
+    assert (adam["status"] == "complete").all() and len(adam) == 3
+
+
+def test_a_crashing_trial_fails_with_its_traceback_and_the_campaign_completes(sqlite_url, tmp_path):
+    spec = load_spec(write_spec(tmp_path, optimizers={"adam": {"eps": -1.0}, "hvadam": {}}))
+    run(spec, sqlite_url)
+    adam = studies_of(sqlite_url, spec)["adam"]
+    assert [t.state for t in adam.trials] == [TrialState.FAIL] * 3
+    for t in adam.trials:
+        assert "Invalid epsilon" in t.user_attrs["fail_reason"]
+        assert t.user_attrs["traceback"].startswith("Traceback (most recent call last)")
+    runs = runs_frame(sqlite_url, "camp")
+    failed = runs[runs["optimizer"] == "adam"]
+    assert (failed["status"] == "failed").all()
+    assert failed["traceback"].str.contains("ValueError: Invalid epsilon").all()
+    hv = runs[runs["optimizer"] == "hvadam"]
+    assert (hv["status"] == "complete").all() and (hv["phase"] == "confirm").sum() == 2
+
+
+@pytest.mark.slow
+def test_two_workers_keep_equal_budgets_and_confirm_each_seed_once(sqlite_url, tmp_path):
+    spec = load_spec(
+        write_spec(
+            tmp_path,
+            optimizers=["hvadam", "adam", "sgd"],
+            budget={"trials": 4},
+            confirm={"seeds": 3},
+        )
+    )
+    run(spec, sqlite_url, workers=2)
+    runs = runs_frame(sqlite_url, "camp")
+    assert runs["worker"].nunique() == 2  # both processes did work
+    for label, study in studies_of(sqlite_url, spec).items():
+        assert len(study.trials) == 4, label
+        assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    confirm = runs[runs["phase"] == "confirm"]
+    assert len(confirm) == 9
+    assert confirm.groupby(["optimizer", "seed"]).size().eq(1).all()
+    assert (confirm["status"] == "complete").all()
+
+
+@pytest.mark.slow
+def test_a_sigkilled_workers_trial_is_retried_and_the_budget_completes(sqlite_url, tmp_path):
+    # Trials long enough (~1 s) to kill one mid-run; heartbeat 1 s, grace 3 s.
+    path = write_spec(
+        tmp_path,
+        workload={"name": "valley2d", "options": {"steps": 3000, "report_every": 500}},
+        budget={"trials": 3},
+        confirm={"seeds": 1},
+    )
+    spec = load_spec(path)
+    prepare_campaign(spec, sqlite_url)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HVADAM_STORAGE": sqlite_url}
+    cmd = [sys.executable, "-m", "studies.cli", "worker", str(path), "--quiet"]
+    cmd += ["--heartbeat-interval", "1", "--grace-period", "3", "--threads", "1"]
+    victim = subprocess.Popen([*cmd, "--worker-index", "0"], env=env, cwd=tmp_path)
+    db = ResultsDB(sqlite_url)
+    deadline = time.monotonic() + 60
+    killed_run = None
+    while killed_run is None and time.monotonic() < deadline:
+        with db.engine.connect() as conn:
+            killed_run = conn.execute(
+                sa.text(
+                    "SELECT id, optimizer, trial_number FROM hvadam_runs "
+                    "WHERE status = 'running' AND worker LIKE :w"
+                ),
+                {"w": f"%:{victim.pid}"},
+            ).first()
+        time.sleep(0.05)
+    assert killed_run is not None, "the victim never started a trial"
+    time.sleep(0.3)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    survivor = subprocess.run(
+        [*cmd, "--worker-index", "1"], env=env, cwd=tmp_path, timeout=180, capture_output=True
+    )
+    assert survivor.returncode == 0, survivor.stderr.decode()
+
+    study = studies_of(sqlite_url, spec)[killed_run.optimizer]
+    lost = study.trials[killed_run.trial_number]
+    assert lost.state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == lost.params
+    assert retries[0].user_attrs["seed"] == lost.user_attrs["seed"]
+    for label, s in studies_of(sqlite_url, spec).items():
+        counted = [t for t in s.trials if "failed_trial" not in t.system_attrs]
+        assert len(counted) == 3, label
+        assert all(t.state.is_finished() for t in s.trials)
+    runs = runs_frame(sqlite_url, "camp")
+    row = runs[runs["run_id"] == killed_run.id].iloc[0]
+    assert row["status"] == "failed" and row["reason"].startswith("worker lost")
+    assert (runs["phase"] == "confirm").sum() == 2
