@@ -1,0 +1,85 @@
+"""How long `hvadam report` takes on a 500-trial campaign (the target: under 10 seconds).
+
+    PYTHONPATH=$PWD python benchmarks/report_time.py [--trials 125] [--optimizers 4] [--keep DIR]
+
+The campaign is written through the project's own writers (`dashboards.synthetic`: Optuna
+studies as the runner prepares them, every run, curve and confirm seed through
+`studies.results.ResultsDB`), then the report is timed twice:
+
+- cold: a fresh `python -m studies.cli report` process, as a user runs it (imports included);
+- warm: `write_report` again in this process, libraries already imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGET_SECONDS = 10.0
+REPORT_SNIPPET = (
+    "import sys, time; t = time.perf_counter(); "
+    "from dashboards.report import write_report; "
+    "write_report(sys.argv[1], sys.argv[2], sys.argv[3]); "
+    "print(time.perf_counter() - t)"
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=125, help="search trials per optimizer")
+    parser.add_argument("--optimizers", type=int, default=4, help="how many optimizers (<= 6)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--keep", help="write the report here instead of a temporary folder")
+    args = parser.parse_args()
+
+    from dashboards.report import write_report
+    from dashboards.synthetic import write_synthetic_campaign
+
+    names = ("hvadam", "anon", "adam", "sgd", "adamw", "adabelief")[: args.optimizers]
+    with tempfile.TemporaryDirectory(prefix="hvadam-bench-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        t = time.perf_counter()
+        write_synthetic_campaign(
+            url, name="bench", optimizers=names, trials=args.trials, seeds=args.seeds,
+            epochs=args.epochs,
+        )  # fmt: skip
+        fill = time.perf_counter() - t
+        total = args.trials * len(names)
+        print(
+            f"campaign: {total} search trials + {args.seeds * len(names)} confirm runs, "
+            f"{len(names)} optimizers, curves of {args.epochs} epochs (written in {fill:.1f}s)"
+        )
+        out = Path(args.keep) if args.keep else Path(tmp) / "report"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        t = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", REPORT_SNIPPET, url, "bench", str(out)],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        process = time.perf_counter() - t
+        inside = float(proc.stdout.strip().splitlines()[-1])
+        write_report(url, "bench", out)  # imports in this process
+        t = time.perf_counter()
+        write_report(url, "bench", out)
+        warm = time.perf_counter() - t
+        load = os.getloadavg()[0]
+        print(f"cold report (new process, imports included): {inside:.2f}s "
+              f"(process wall time {process:.2f}s)")  # fmt: skip
+        print(f"warm report (libraries imported):            {warm:.2f}s")
+        print(f"target {TARGET_SECONDS:.0f}s: cold/target = {inside / TARGET_SECONDS:.2f}, "
+              f"warm/target = {warm / TARGET_SECONDS:.2f}; load average {load:.1f} "
+              f"on {os.cpu_count()} CPUs")  # fmt: skip
+        return 0 if inside < TARGET_SECONDS else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
