@@ -8,12 +8,16 @@ studies as the runner prepares them, every run, curve and confirm seed through
 
 - cold: a fresh `python -m studies.cli report` process, as a user runs it (imports included);
 - warm: `write_report` again in this process, libraries already imported.
+
+Wall time depends on what else the machine runs; CPU time (user + system) is printed too, as
+the time the report would take on an otherwise idle core.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -60,21 +64,24 @@ def main() -> int:
         )
         out = Path(args.keep) if args.keep else Path(tmp) / "report"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", REPORT_SNIPPET, url, "bench", str(out)],
             env=env, capture_output=True, text=True, check=True,
         )  # fmt: skip
         process = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         inside = float(proc.stdout.strip().splitlines()[-1])
         write_report(url, "bench", out)  # imports in this process
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         write_report(url, "bench", out)
-        warm = time.perf_counter() - t
+        warm, warm_cpu = time.perf_counter() - t, time.process_time() - c
         load = os.getloadavg()[0]
-        print(f"cold report (new process, imports included): {inside:.2f}s "
-              f"(process wall time {process:.2f}s)")  # fmt: skip
-        print(f"warm report (libraries imported):            {warm:.2f}s")
+        print(f"cold report (new process, imports included): {inside:.2f}s wall "
+              f"(process: {process:.2f}s wall, {cpu:.2f}s CPU)")  # fmt: skip
+        print(f"warm report (libraries imported):            {warm:.2f}s wall, {warm_cpu:.2f}s CPU")
         print(f"target {TARGET_SECONDS:.0f}s: cold/target = {inside / TARGET_SECONDS:.2f}, "
               f"warm/target = {warm / TARGET_SECONDS:.2f}; load average {load:.1f} "
               f"on {os.cpu_count()} CPUs")  # fmt: skip

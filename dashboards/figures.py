@@ -7,7 +7,6 @@ the database. PNGs have a fixed pixel size (`PNG_SIZE`): the figure size and DPI
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,8 @@ def _mpl_figure(nrows: int = 1, ncols: int = 1, **kw: Any):
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=PNG_DPI, format="png")
+    # Light zlib compression: the files stay small and saving is several times faster.
+    fig.savefig(path, dpi=PNG_DPI, format="png", pil_kwargs={"compress_level": 1})
     return path
 
 
@@ -79,9 +79,26 @@ def _go():
 
 def _layout(fig: Any, title: str, **kw: Any) -> Any:
     fig.update_layout(
-        title=title, template="plotly_white", height=480, margin={"t": 60, "l": 60}, **kw
+        title=title, template=_template(), height=480, margin={"t": 60, "l": 60}, **kw
     )
     return fig
+
+
+_TEMPLATE: list[Any] = []
+
+
+def _template() -> Any:
+    """A small white template built once (plotly deep-copies named templates on every use)."""
+    if not _TEMPLATE:
+        go = _go()
+        axis = {"gridcolor": "#ebebeb", "zerolinecolor": "#d0d0d0", "linecolor": "#999"}
+        _TEMPLATE.append(
+            go.layout.Template(
+                layout={"plot_bgcolor": "white", "paper_bgcolor": "white", "xaxis": axis,
+                        "yaxis": axis, "font": {"family": "system-ui, sans-serif"}}
+            )
+        )  # fmt: skip
+    return _TEMPLATE[0]
 
 
 # ---- comparison ---------------------------------------------------------------------------
@@ -168,39 +185,42 @@ def curve_figures(
 def importance_figures(
     importances: Mapping[str, Mapping[str, float]], *, path: Path
 ) -> tuple[Any, Path]:
-    """One horizontal bar chart per optimizer with its hyperparameter importances."""
-    from plotly.subplots import make_subplots
+    """A heatmap: hyperparameters (rows) x optimizers (columns), cells = importance.
 
+    One axes for all optimizers keeps them comparable (and is cheap to draw); a blank cell means
+    the optimizer has no such hyperparameter (or it was not scored).
+    """
     go = _go()
     names = list(importances)
-    n = len(names)
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, horizontal_spacing=0.15)
-    mfig, axes = _mpl_figure(rows, cols)
-    col = colours(names)
-    for i, name in enumerate(names):
-        items = sorted(importances[name].items(), key=lambda kv: kv[1])
-        params, values = [k for k, _ in items], [v for _, v in items]
-        r, c = divmod(i, cols)
-        fig.add_trace(
-            go.Bar(
-                x=values, y=params, orientation="h", marker_color=col[name], name=name,
-                showlegend=False,
-            ),
-            row=r + 1, col=c + 1,
-        )  # fmt: skip
-        ax = axes[r][c]
-        ax.barh(params, values, color=col[name])
-        ax.set_title(name)
-        ax.set_xlim(0, 1)
-        ax.tick_params(axis="y", labelsize=8)
-    for j in range(n, rows * cols):
-        axes[j // cols][j % cols].set_visible(False)
-    _layout(fig, "Hyperparameter importances (share of the metric's variance)")
-    fig.update_layout(height=max(360, 300 * rows))
-    mfig.suptitle("Hyperparameter importances")
-    mfig.tight_layout()
+    params = sorted(
+        {p for imp in importances.values() for p in imp},
+        key=lambda p: -max(imp.get(p, 0.0) for imp in importances.values()),
+    )
+    z = np.array([[importances[o].get(p, np.nan) for o in names] for p in params], dtype=float)
+    text = [["" if np.isnan(v) else f"{v:.2f}" for v in row] for row in z]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=names, y=params, text=text, texttemplate="%{text}", colorscale="Blues",
+            zmin=0, zmax=1, colorbar={"title": "importance"}, hoverongaps=False,
+        )
+    )  # fmt: skip
+    _layout(fig, "Hyperparameter importances (PED-ANOVA, per optimizer)")
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(height=max(360, 40 + 28 * len(params)))
+
+    mfig, axes = _mpl_figure()
+    ax = axes[0][0]
+    im = ax.imshow(np.ma.masked_invalid(z), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(params)), params, fontsize=8)
+    for i in range(len(params)):
+        for j in range(len(names)):
+            if not np.isnan(z[i, j]):
+                ax.text(j, i, f"{z[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if z[i, j] > 0.6 else "black")  # fmt: skip
+    mfig.colorbar(im, ax=ax, label="importance")
+    ax.set_title("Hyperparameter importances (PED-ANOVA, per optimizer)")
+    mfig.subplots_adjust(left=0.2, right=0.97, top=0.92, bottom=0.07)
     return fig, _save(mfig, path)
 
 
@@ -340,5 +360,5 @@ def internals_figures(
         ax.legend(fontsize=8)
     _layout(fig, title)
     mfig.suptitle(title)
-    mfig.tight_layout()
+    mfig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.1, wspace=0.25)
     return fig, _save(mfig, path)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from dashboards import figures
 from dashboards.data import CampaignData, load_campaign
+from dashboards.importance import ImportancesInBackground, campaign_importances
 from dashboards.stats import comparison_tables
 
 __all__ = ["SECTIONS", "Report", "build_report", "write_report"]
@@ -217,12 +218,20 @@ def _curves(data: CampaignData, out: Path) -> Section:
     return s
 
 
-def _importances(data: CampaignData, out: Path) -> Section:
+def _importances(
+    data: CampaignData, out: Path, background: ImportancesInBackground | None = None
+) -> Section:
     s = Section("importances", "Hyperparameter importances")
     result: dict[str, dict[str, float]] = {}
     skipped: list[str] = []
+    if background is not None:
+        computed = background.result()
+    elif data.storage is not None:
+        computed = campaign_importances(data.storage, data.campaign)
+    else:
+        computed = {}
     for opt in data.optimizers:
-        imp, why = _importance_of(data, opt)
+        imp, why = computed.get(opt, ({}, "no Optuna study to read"))
         if imp:
             result[opt] = imp
         if why:
@@ -244,61 +253,6 @@ def _importances(data: CampaignData, out: Path) -> Section:
     if skipped:
         s.parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in skipped) + "</ul>")
     return s
-
-
-IMPORTANCE_MIN_TRIALS = 2
-IMPORTANCE_RELIABLE_TRIALS = 10
-
-
-def _importance_of(data: CampaignData, optimizer: str) -> tuple[dict[str, float], str]:
-    """PED-ANOVA importances over the optimizer's completed search trials, or why not."""
-    import optuna
-    from optuna.importance import PedAnovaImportanceEvaluator
-
-    runs = data.runs[data.runs["optimizer"] == optimizer]
-    if data.storage is None or runs.empty:
-        return {}, "no Optuna study to read"
-    study_name = str(runs["study"].iloc[0])
-    try:
-        study = optuna.load_study(study_name=study_name, storage=data.optuna_storage())
-    except KeyError:
-        return {}, f"study {study_name!r} not found"
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < IMPORTANCE_MIN_TRIALS:
-        return {}, (
-            f"{len(complete)} completed search trial(s); importances need at least "
-            f"{IMPORTANCE_MIN_TRIALS}"
-        )
-    seen: dict[str, set[str]] = {}
-    for t in complete:
-        for k, v in t.params.items():
-            seen.setdefault(k, set()).add(repr(v))
-    params = sorted(k for k in _common(complete) if len(seen[k]) > 1)
-    if not params:
-        return {}, "no hyperparameter varied across its completed trials"
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        tmp = optuna.create_study(direction=study.direction)
-        tmp.add_trials(complete)
-        imp = optuna.importance.get_param_importances(
-            tmp, evaluator=PedAnovaImportanceEvaluator(), params=params
-        )
-    except (RuntimeError, ValueError) as exc:
-        return {}, f"importances could not be computed ({exc})"
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    note = ""
-    if len(complete) < IMPORTANCE_RELIABLE_TRIALS:
-        note = f"only {len(complete)} completed trials: read these importances as noise"
-    return {k: float(v) for k, v in imp.items()}, note
-
-
-def _common(trials: list[Any]) -> set[str]:
-    common = set(trials[0].params)
-    for t in trials[1:]:
-        common &= set(t.params)
-    return common
 
 
 def _adaptivity(data: CampaignData, out: Path) -> Section:
@@ -336,6 +290,7 @@ def _adaptivity(data: CampaignData, out: Path) -> Section:
 def _function(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
     try:
         import torch
+
         from studies.workloads.valley2d import FUNCTIONS
     except ImportError:
         return None
@@ -494,21 +449,31 @@ def _page(data: CampaignData, sections: list[Section]) -> str:
 _BUILDERS = {
     "comparison": _comparison,
     "curves": _curves,
-    "importances": _importances,
     "adaptivity": _adaptivity,
     "trajectories": _trajectories,
     "internals": _internals,
 }
 
 
-def build_report(data: CampaignData, out_dir: str | Path) -> Report:
-    """Write `report.html` and the PNGs for already-loaded campaign data into `out_dir`."""
+def build_report(
+    data: CampaignData,
+    out_dir: str | Path,
+    *,
+    importances: ImportancesInBackground | None = None,
+) -> Report:
+    """Write `report.html` and the PNGs for already-loaded campaign data into `out_dir`.
+
+    `importances`: a computation already running in the background (see `write_report`).
+    """
     import time
 
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sections = [_BUILDERS[sid](data, out) for sid, _ in SECTIONS]
+    built = {sid: _BUILDERS[sid](data, out) for sid, _ in SECTIONS if sid != "importances"}
+    # last, so that a background computation has had the most time to finish
+    built["importances"] = _importances(data, out, importances)
+    sections = [built[sid] for sid, _ in SECTIONS]
     path = out / "report.html"
     path.write_text(_page(data, sections), encoding="utf-8")
     return Report(
@@ -519,11 +484,23 @@ def build_report(data: CampaignData, out_dir: str | Path) -> Report:
     )
 
 
-def write_report(storage: str, campaign: str, out_dir: str | Path) -> Report:
-    """Read the campaign through `studies.results` and write its report into `out_dir`."""
+def write_report(
+    storage: str, campaign: str, out_dir: str | Path, *, background_importances: bool = True
+) -> Report:
+    """Read the campaign through `studies.results` and write its report into `out_dir`.
+
+    The importances are computed in a second process meanwhile (`background_importances`).
+    """
     import time
 
     t0 = time.perf_counter()
-    report = build_report(load_campaign(storage, campaign), out_dir)
+    background = ImportancesInBackground(storage, campaign) if background_importances else None
+    try:
+        data = load_campaign(storage, campaign)
+    except BaseException:
+        if background is not None:
+            background.cancel()
+        raise
+    report = build_report(data, out_dir, importances=background)
     report.seconds = time.perf_counter() - t0
     return report

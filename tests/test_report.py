@@ -123,12 +123,15 @@ def test_unknown_campaign_is_a_clear_error(valley_campaign, tmp_path):
         write_report(valley_campaign, "nope", tmp_path)
 
 
-def test_importances_sum_to_one_per_optimizer(valley_campaign, tmp_path):
-    from dashboards.report import _importance_of
+def test_importances_sum_to_one_per_optimizer(valley_campaign):
+    from dashboards.importance import campaign_importances
 
-    data = load_campaign(valley_campaign, "valley")
-    for opt in data.optimizers:
-        imp, note = _importance_of(data, opt)
+    result = campaign_importances(valley_campaign, "valley")
+    assert set(result) == {"hvadam", "anon", "adam"}
+    for imp, note in result.values():
         assert imp, note
         assert math.isclose(sum(imp.values()), 1.0, rel_tol=1e-6)
         assert "only 8 completed trials" in note
+    # the adaptivity is scored for HVAdam; conditional parameters (gamma) are not
+    assert "adaptivity" in result["hvadam"][0]
+    assert "gamma" not in result["hvadam"][0]
