@@ -328,11 +328,12 @@ def anon_foreach(
 def _use_compiled(device: torch.device, params: list[Tensor], span: int, schedule: str) -> bool:
     if not _compile_state["available"] or device.type != "cpu":
         return False
-    if torch.compiler.is_compiling():  # inside a caller's compiled region: let it trace us
-        return False
     if span and schedule != "every":  # rare refresh steps: not worth a second compiled graph
         return False
-    return sum(p.numel() for p in params) >= COMPILE_MIN_NUMEL
+    if sum(p.numel() for p in params) < COMPILE_MIN_NUMEL:
+        return False
+    # inside a caller's compiled region: let it trace the eager path instead
+    return not torch.compiler.is_compiling()
 
 
 def _fused_update(
