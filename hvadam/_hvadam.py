@@ -162,10 +162,12 @@ def _reference_decision(
         gs["flag"].fill_(False)
         return "restart", k, 0.0
     vv = abs(k * k * ll + (1.0 - k) ** 2 * mm + 2.0 * k * (1.0 - k) * ml)
-    if vv * mm == 0.0:
+    if vv * mm == 0.0:  # deviation: the published code divides by zero here
+        gs["skips"].add_(1.0)
         return "skip", k, 0.0
     delta = (k * ml + (1.0 - k) * mm) / math.sqrt(vv * mm)
     if not abs(delta) <= 1.0:
+        gs["skips"].add_(1.0)
         return "skip", k, 0.0
     e = beta2 * float(gs["e"]) + (1.0 - beta2) * delta
     n = float(gs["n"]) + 1.0
@@ -308,6 +310,7 @@ def _fast_decision(sums: Tensor, gs: dict[str, Tensor], group: dict[str, Any]) -
     gs["e"].copy_(torch.where(restart, zero, torch.where(valid, e_new, gs["e"])))
     gs["n"].copy_(torch.where(restart, zero, torch.where(valid, n_new, gs["n"])))
     gs["restarts"].add_(trigger.to(gs["restarts"].dtype))
+    gs["skips"].add_((~restart & ~valid).to(gs["skips"].dtype))
     gs["hv_step"].copy_(torch.where(hidden_step, b, gs["hv_step"]))
     gs["flag"].copy_(trigger)
     dt = gs["e"].dtype
@@ -425,7 +428,9 @@ def _fast_group_step(
     # Bias corrections of every parameter at once (the step counts may differ).
     t = torch.stack(steps).to(hp.dtype)
     bc2 = 1.0 - hp[3] ** t
-    bcs = torch.stack([1.0 / (1.0 - hp[1] ** t), 1.0 / (bc2.sqrt() if unit else bc2)], 1).unbind(0)
+    columns = [1.0 / (1.0 - hp[1] ** t), 1.0 / (bc2.sqrt() if unit else bc2)]
+    # One small tensor per parameter (clones: row views' storage offsets would be guarded on).
+    bcs = [row.clone() for row in torch.stack(columns, 1).unbind(0)]
     partial = []
     flats = []
     for (param, grad, state), bc in zip(items, bcs, strict=True):
@@ -498,8 +503,10 @@ class HVAdam(torch.optim.Optimizer):
     ``torch.compile`` where available (the first step compiles two small kernels per dtype,
     seconds to a minute on a CPU; set ``HVADAM_COMPILE=0`` to stay eager).
 
-    Group-level state (restart flag, cosine average ``e``, its count ``n``, restart count, last
-    ``b``) lives in ``param_group["hv_state"]`` so ``state_dict()`` carries it.
+    Group-level state lives in ``param_group["hv_state"]`` (so ``state_dict()`` carries it):
+    ``flag`` (restart pending), ``e`` (cosine average), ``n`` (its count), and for diagnostics
+    ``restarts`` (restarts triggered), ``skips`` (steps skipped for ``|δ| > 1`` or
+    ``VV*MM == 0``) and ``hv_step`` (the last b).
     """
 
     def __init__(
@@ -565,6 +572,7 @@ class HVAdam(torch.optim.Optimizer):
                 "n": torch.zeros((), dtype=dtype, device=device),
                 "restarts": torch.zeros((), dtype=dtype, device=device),
                 "hv_step": torch.zeros((), dtype=dtype, device=device),
+                "skips": torch.zeros((), dtype=dtype, device=device),
             }
             group["hv_state"] = gs
         return gs
