@@ -27,7 +27,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +96,8 @@ def check_data_dir(data_dir: str | os.PathLike[str], dataset: str) -> Path:
     return root
 
 
-def _torchvision_dataset(dataset: str, verify_checksums: bool) -> type:
+def torchvision_dataset(dataset: str, *, verify_checksums: bool = False) -> type:
+    """torchvision's CIFAR10/CIFAR100 class; without `verify_checksums`, one that skips the MD5 check."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
     base = CIFAR10 if dataset == "cifar10" else CIFAR100
@@ -130,7 +131,7 @@ def load_cifar(
 
 @functools.lru_cache(maxsize=2)
 def _load_cached(root: str, dataset: str, verify: bool, stamp: tuple[Any, ...]) -> CifarArrays:
-    klass = _torchvision_dataset(dataset, verify)
+    klass = torchvision_dataset(dataset, verify_checksums=verify)
     parts = []
     for train in (True, False):
         try:
@@ -188,7 +189,7 @@ class Cifar(Workload):
     metric = "val_accuracy"
     direction = "maximize"
     unit = "epoch"
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, Option]] = {
         "dataset": Option("cifar10", "str", "data set", choices=tuple(DATASETS)),
         "model": Option("resnet34", "str", "network", choices=MODELS),
         "data_dir": Option(None, "str", "directory holding cifar-10-batches-py/ or cifar-100-python/ (null: $HVADAM_DATA_DIR, else ./data)", nullable=True),
@@ -456,8 +457,10 @@ def synthetic_cifar(
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, size=n)
-    images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.int64)
+    images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
     if learnable:
+        # uint8 throughout (the full 50000-image set stays small): noise/4 + 3/4 class colour
         colours = np.random.default_rng(1234).integers(0, 256, size=(num_classes, 3, 1, 1))
-        images = (images // 4 + colours[labels] * 3 // 4).clip(0, 255)
-    return images.astype(np.uint8), labels
+        images //= 4
+        images += (colours * 3 // 4).astype(np.uint8)[labels]
+    return images, labels
