@@ -293,13 +293,17 @@ def trajectory_figures(
                        contours={"coloring": "lines"}, ncontours=25, hoverinfo="skip")
         )  # fmt: skip
         ax.contour(xs, ys, zl, levels=25, cmap="Greys", linewidths=0.7)
-    for name, path_xy in trajectories.items():
-        p = np.asarray(path_xy, dtype=float)
+    # Drawn in reverse, so the first optimizers (HVAdam, Anon) lie on top; the legend keeps
+    # the given order.
+    names = list(trajectories)
+    for rank, name in reversed(list(enumerate(names))):
+        p = np.asarray(trajectories[name], dtype=float)
         fig.add_trace(
-            go.Scatter(x=p[:, 0], y=p[:, 1], mode="lines", name=name, line={"color": col[name]})
-        )
-        ax.plot(p[:, 0], p[:, 1], color=col[name], label=name, linewidth=1.5)
-        ax.plot(p[-1, 0], p[-1, 1], "o", color=col[name], markersize=5)
+            go.Scatter(x=p[:, 0], y=p[:, 1], mode="lines", name=name, legendrank=rank,
+                       line={"color": col[name], "width": 2.5 if rank < 2 else 1.5})
+        )  # fmt: skip
+        ax.plot(p[:, 0], p[:, 1], color=col[name], label=name, linewidth=1.5, zorder=10 - rank)
+        ax.plot(p[-1, 0], p[-1, 1], "o", color=col[name], markersize=5, zorder=10 - rank)
     if start is not None:
         fig.add_trace(go.Scatter(x=[start[0]], y=[start[1]], mode="markers", name="start",
                                  marker={"symbol": "square", "size": 10, "color": "black"}))  # fmt: skip
@@ -320,7 +324,12 @@ def trajectory_figures(
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_title(title)
-    ax.legend(loc="best", fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(
+        range(len(labels)),
+        key=lambda i: names.index(labels[i]) if labels[i] in names else len(names) + i,
+    )
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="best", fontsize=8)
     return fig, _save(mfig, path)
 
 

@@ -1,10 +1,12 @@
 """README screenshots of the report and the dashboard, from a real small campaign, in Chromium.
 
-    python -m dashboards.screenshots [--out docs/img] [--storage URL] [--trials 6] [--seeds 3]
+    HVADAM_COMPILE=0 python -m dashboards.screenshots [--out docs/img] [--trials 6] [--seeds 3]
 
-Runs the shipped valley2d campaign (the HVAdam paper's 2-D valley) with a small budget through
-the real runner into a temporary SQLite file (or `--storage`), writes its report, annotates the
-studies, serves optuna-dashboard, and photographs both with headless Chromium.
+Runs two small campaigns through the real runner into a temporary SQLite file (or `--storage`):
+digits-mlp (scikit-learn's bundled digits; the comparison, its statistics and learning curves)
+and valley2d (the HVAdam paper's 2-D valley; the trajectory picture). Then it writes both
+reports, annotates the studies, serves optuna-dashboard, and photographs them with headless
+Chromium. Set HVADAM_COMPILE=0 to keep the optimizers eager (no compiler warm-up).
 """
 
 from __future__ import annotations
@@ -26,28 +28,33 @@ SHOTS = (
 )
 
 
+WORKLOADS = {
+    "valley2d": {"function": "valley", "steps": 300, "report_every": 25},
+    "digits-mlp": {"epochs": 8, "batch_size": 64},
+}
+
+
 def run_small_campaign(
     storage: str,
     *,
-    name: str = "valley2d-demo",
+    workload: str = "valley2d",
+    name: str | None = None,
     optimizers: Sequence[str] = ("hvadam", "anon", "adam", "sgd"),
     trials: int = 6,
     seeds: int = 3,
-    steps: int = 300,
-    report_every: int = 25,
     quiet: bool = True,
 ) -> str:
-    """Run a real valley2d campaign through `studies.runner`; returns the campaign name."""
+    """Run a real small campaign through `studies.runner`; returns the campaign name."""
     from studies.runner import RunnerConfig, run_campaign
     from studies.spec import parse_spec
 
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}, got {workload!r}")
+    name = name or f"{workload.split('-')[0]}-demo"
     spec = parse_spec(
         {
             "name": name,
-            "workload": {
-                "name": "valley2d",
-                "options": {"function": "valley", "steps": steps, "report_every": report_every},
-            },
+            "workload": {"name": workload, "options": dict(WORKLOADS[workload])},
             "optimizers": list(optimizers),
             "budget": {"trials": trials},
             "sampler": "random",
@@ -65,8 +72,14 @@ def run_small_campaign(
     return name
 
 
-def take_screenshots(storage: str, campaign: str, out_dir: str | Path) -> list[Path]:
-    """Write the campaign's report, annotate its studies, and photograph both into `out_dir`."""
+def take_screenshots(
+    storage: str, campaign: str, out_dir: str | Path, *, trajectories_from: str | None = None
+) -> list[Path]:
+    """Write the campaign's report, annotate its studies, and photograph both into `out_dir`.
+
+    `trajectories_from`: another campaign (a valley2d one) whose report gives the trajectory
+    picture; by default `campaign`'s own.
+    """
     from dashboards.browser import chromium
     from dashboards.notes import annotate_studies
     from dashboards.report import write_report
@@ -75,21 +88,30 @@ def take_screenshots(storage: str, campaign: str, out_dir: str | Path) -> list[P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shots: list[Path] = []
+    other = trajectories_from or campaign
     with tempfile.TemporaryDirectory(prefix="hvadam-report-") as tmp:
-        report = write_report(storage, campaign, tmp)
-        annotate_studies(storage, campaign)
+        report = write_report(storage, campaign, Path(tmp) / "main")
+        valley = report if other == campaign else write_report(storage, other, Path(tmp) / "2d")
+        for name in {campaign, other}:
+            annotate_studies(storage, name)
         with chromium() as browser:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(report.html.as_uri())
-            page.wait_for_selector(".plotly-graph-div .main-svg", timeout=60_000)
-            shots.append(out / SHOTS[0])
-            page.screenshot(path=str(shots[-1]))
-            for sid, name in (("trajectories", SHOTS[1]), ("curves", SHOTS[2])):
+
+            def section_shot(html: Path, sid: str, name: str) -> None:
+                page.goto(html.as_uri())
+                page.wait_for_selector(".plotly-graph-div .main-svg", timeout=60_000)
                 section = page.locator(f"#{sid}")
                 section.scroll_into_view_if_needed()
                 page.wait_for_timeout(300)  # let plotly finish its resize after scrolling
                 shots.append(out / name)
                 section.screenshot(path=str(shots[-1]))
+
+            page.goto(report.html.as_uri())
+            page.wait_for_selector(".plotly-graph-div .main-svg", timeout=60_000)
+            shots.append(out / SHOTS[0])
+            page.screenshot(path=str(shots[-1]))
+            section_shot(valley.html, "trajectories", SHOTS[1])
+            section_shot(report.html, "curves", SHOTS[2])
             with start_dashboard(storage) as server:
                 page.goto(server.url)
                 page.get_by_text(f"{campaign}/hvadam").first.wait_for(timeout=60_000)
@@ -108,16 +130,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboards.screenshots", description=__doc__)
     parser.add_argument("--out", default="docs/img", help="output folder (default docs/img)")
     parser.add_argument("--storage", help="an existing storage URL (default: a temporary file)")
-    parser.add_argument("--campaign", help="an existing campaign in --storage (skips the run)")
     parser.add_argument("--trials", type=int, default=6, help="search trials per optimizer")
     parser.add_argument("--seeds", type=int, default=3, help="confirm seeds")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hvadam-shots-") as tmp:
         storage = args.storage or f"sqlite:///{Path(tmp) / 'hvadam.db'}"
-        campaign = args.campaign or run_small_campaign(
-            storage, trials=args.trials, seeds=args.seeds, quiet=False
-        )
-        for path in take_screenshots(storage, campaign, args.out):
+        digits, valley = (
+            run_small_campaign(storage, workload=w, trials=args.trials, seeds=args.seeds,
+                               quiet=False)
+            for w in ("digits-mlp", "valley2d")
+        )  # fmt: skip
+        for path in take_screenshots(storage, digits, args.out, trajectories_from=valley):
             print(f"wrote {path}")
     return 0
 

@@ -9,6 +9,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from campaign_fixtures import CAMPAIGN as REAL
+from campaign_fixtures import OPTIMIZERS as REAL_OPTIMIZERS
+from campaign_fixtures import real_campaign_url
 from conftest import missing_component
 
 from dashboards.browser import BrowserUnavailable, chromium
@@ -73,29 +76,36 @@ def test_bad_port_is_a_clear_error(campaign_url):
         start_dashboard(campaign_url, port=70000)
 
 
-def test_dashboard_shows_campaign_studies_and_note_in_chromium(campaign_url, tmp_path):
-    annotate_studies(campaign_url, CAMPAIGN)
+def test_dashboard_shows_a_real_campaigns_studies_and_note_in_chromium(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+):
+    url = real_campaign_url(tmp_path_factory)
+    annotate_studies(url, REAL)
     shot = tmp_path / "dashboard.png"
-    study_shot = tmp_path / "dashboard-study.png"
+    study_shot = tmp_path / "dashboard-study-note.png"
     try:
-        with start_dashboard(campaign_url) as server, chromium() as browser:
+        with start_dashboard(url) as server, chromium() as browser:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
+            problems: list[str] = []
+            page.on("pageerror", lambda e: problems.append(str(e)))
             page.goto(server.url)
-            for opt in OPTIMIZERS:
-                page.get_by_text(f"{CAMPAIGN}/{opt}", exact=False).first.wait_for(timeout=30_000)
+            for opt in REAL_OPTIMIZERS:
+                page.get_by_text(f"{REAL}/{opt}", exact=False).first.wait_for(timeout=30_000)
             listing = page.inner_text("body")
             page.screenshot(path=str(shot))
-            page.get_by_text(f"{CAMPAIGN}/hvadam").first.click()
+            page.get_by_text(f"{REAL}/hvadam").first.click()
             page.wait_for_url("**/dashboard/studies/*")
             page.goto(page.url + "/note")
-            page.get_by_text(f"Campaign {CAMPAIGN}: hvadam").first.wait_for(timeout=30_000)
+            page.get_by_text(f"Campaign {REAL}: hvadam").first.wait_for(timeout=30_000)
             study_page = page.inner_text("body")
             page.screenshot(path=str(study_shot))
     except BrowserUnavailable as exc:
         missing_component(str(exc))
-    for opt in OPTIMIZERS:
-        assert f"{CAMPAIGN}/{opt}" in listing
+    assert problems == []
+    for opt in REAL_OPTIMIZERS:
+        assert f"{REAL}/{opt}" in listing
     assert "Comparison" in study_page and "Spec" in study_page
+    assert "valley2d" in study_page
     assert "hvadam\tadam" in study_page  # the tests table, rendered from the note's Markdown
     for path in (shot, study_shot):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

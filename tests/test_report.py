@@ -8,6 +8,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from campaign_fixtures import CAMPAIGN as REAL
+from campaign_fixtures import real_campaign_url
 from conftest import missing_component
 
 from dashboards.browser import BrowserUnavailable, chromium
@@ -135,3 +137,16 @@ def test_importances_sum_to_one_per_optimizer(valley_campaign):
     # the adaptivity is scored for HVAdam; conditional parameters (gamma) are not
     assert "adaptivity" in result["hvadam"][0]
     assert "gamma" not in result["hvadam"][0]
+
+
+def test_real_valley_campaign_report_has_every_section(tmp_path_factory, tmp_path):
+    url = real_campaign_url(tmp_path_factory)
+    report = write_report(url, REAL, tmp_path)
+    assert report.empty == {}
+    assert set(report.pngs) == {sid for sid, _ in SECTIONS}
+    data = load_campaign(url, REAL)
+    # HVAdam's internals come from its stored curves; the trajectories from the runs' extras
+    curves = data.curves
+    assert {"restarts", "hv_step"} <= set(curves[curves["optimizer"] == "hvadam"]["metric"])
+    assert all(len(e["trajectory"]) >= 2 for e in data.runs["extras"])
+    assert png_size(report.pngs["trajectories"]) == PNG_SIZE
