@@ -3,8 +3,9 @@ in a second process while the report draws everything else.
 
 Importing `optuna.importance` pulls in scikit-learn and scipy.stats (its fANOVA evaluator), which
 costs seconds before any work; `ImportancesInBackground` starts that import and the computation
-in a spawned process at the beginning of a report, so it overlaps with reading the database and
-drawing. The child reads only Optuna's tables of the campaign's studies.
+in a spawned process at the beginning of a report (opt-in: `write_report(...,
+background_importances=True)`), so it overlaps with reading the database and drawing; that pays
+off only where a CPU core is idle. The child reads only Optuna's tables of the campaign's studies.
 """
 
 from __future__ import annotations

@@ -485,11 +485,13 @@ def build_report(
 
 
 def write_report(
-    storage: str, campaign: str, out_dir: str | Path, *, background_importances: bool = True
+    storage: str, campaign: str, out_dir: str | Path, *, background_importances: bool = False
 ) -> Report:
     """Read the campaign through `studies.results` and write its report into `out_dir`.
 
-    The importances are computed in a second process meanwhile (`background_importances`).
+    `background_importances`: compute the importances in a second process meanwhile. It saves
+    wall time only where a CPU core is idle (it costs an interpreter start and the imports
+    twice), so it is off by default; benchmarks/report_time.py measures both.
     """
     import time
 

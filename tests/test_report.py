@@ -150,3 +150,10 @@ def test_real_valley_campaign_report_has_every_section(tmp_path_factory, tmp_pat
     assert {"restarts", "hv_step"} <= set(curves[curves["optimizer"] == "hvadam"]["metric"])
     assert all(len(e["trajectory"]) >= 2 for e in data.runs["extras"])
     assert png_size(report.pngs["trajectories"]) == PNG_SIZE
+
+
+def test_importances_in_a_second_process_equal_those_computed_here(valley_campaign):
+    from dashboards.importance import ImportancesInBackground, campaign_importances
+
+    background = ImportancesInBackground(valley_campaign, "valley")
+    assert background.result() == campaign_importances(valley_campaign, "valley")
