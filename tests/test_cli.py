@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import yaml
 
 from studies.cli import main
+from studies.results import runs_frame
 from studies.spec import available_specs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,3 +171,8 @@ def test_demo_runs_both_shipped_campaigns_and_prints_their_tables(tmp_path, caps
         assert name in out
     assert "hvadam dashboard" in out
     assert (tmp_path / "hvadam.db").is_file()  # the default storage, in the working directory
+    url = f"sqlite:///{tmp_path / 'hvadam.db'}"
+    for campaign in ("digits-t2s1", "valley2d-t2s1"):
+        runs = runs_frame(url, campaign)
+        assert len(runs) == 6 * 3 and (runs["status"] != "running").all()
+        assert runs.groupby("optimizer").size().eq(3).all()  # 2 search + 1 confirm each
