@@ -1,0 +1,139 @@
+"""The `hvadam dashboard | report | export` subcommands, for `studies.cli` to mount.
+
+`studies` never imports `dashboards` at module import time; `studies/cli.py` wires these in
+with a lazy import inside its parser setup (see `add_subcommands`). Each handler takes the
+parsed `argparse.Namespace` and returns an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["add_subcommands", "export_configs", "serve_dashboard", "write_report"]
+
+
+def _storage(args: argparse.Namespace) -> str:
+    from studies.storage import resolve_storage_url
+
+    return resolve_storage_url(getattr(args, "storage", None))
+
+
+def serve_dashboard(
+    storage: str | None = None, *, host: str = "127.0.0.1", port: int = 8080
+) -> None:
+    """Serve optuna-dashboard on the campaign storage until Ctrl-C."""
+    from studies.storage import resolve_storage_url
+
+    from dashboards.server import serve_dashboard as serve
+
+    serve(resolve_storage_url(storage), host=host, port=port)
+
+
+def write_report(storage: str | None, campaign: str, out_dir: str) -> Any:
+    """Write `<out_dir>/report.html` and the PNG figures; returns the `Report`."""
+    from studies.storage import resolve_storage_url
+
+    from dashboards.report import write_report as write
+
+    return write(resolve_storage_url(storage), campaign, out_dir)
+
+
+def export_configs(
+    storage: str | None,
+    campaign: str,
+    *,
+    optimizer: str | None = None,
+    output: str | None = None,
+    fmt: str | None = None,
+) -> list[Any]:
+    """Write (or print, without `output`) the best config of each optimizer."""
+    from studies.storage import resolve_storage_url
+
+    from dashboards.export import export_configs as export
+
+    return export(
+        resolve_storage_url(storage), campaign, optimizer=optimizer, output=output, fmt=fmt
+    )
+
+
+def _run_dashboard(args: argparse.Namespace) -> int:
+    serve_dashboard(_storage(args), host=args.host, port=args.port)
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    report = write_report(_storage(args), args.campaign, args.output)
+    print(f"wrote {report.html} ({len(report.pngs)} PNG figures) in {report.seconds:.1f}s")
+    for section, why in report.empty.items():
+        print(f"  {section}: {why}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    written = export_configs(
+        _storage(args), args.campaign, optimizer=args.optimizer, output=args.output,
+        fmt=args.format,
+    )  # fmt: skip
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a `--storage` given to the main parser (before the subcommand) is kept.
+    p.add_argument(
+        "--storage",
+        default=argparse.SUPPRESS,
+        help="database URL (default: $HVADAM_STORAGE, else sqlite:///hvadam.db)",
+    )
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Add `dashboard`, `report` and `export` to an argparse subparsers object.
+
+    Each parser gets `func=handler` via `set_defaults`; the caller runs
+    `sys.exit(args.func(args))`.
+    """
+    p = subparsers.add_parser(
+        "dashboard",
+        help="serve optuna-dashboard on the campaign storage",
+        description="Serve optuna-dashboard on the storage (localhost unless --host says otherwise).",
+    )
+    _storage_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.set_defaults(func=_run_dashboard)
+
+    p = subparsers.add_parser(
+        "report",
+        help="write a campaign's HTML report and PNG figures",
+        description="Write DIR/report.html (self-contained, opens offline) and PNG figures.",
+    )
+    _storage_arg(p)
+    p.add_argument("campaign", help="campaign name")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    p.set_defaults(func=_run_report)
+
+    p = subparsers.add_parser(
+        "export",
+        help="export each optimizer's best config (hvadam-config/1)",
+        description=(
+            "Write the best config of each optimizer (confirm phase when it ran, else the best "
+            "search trial) in the format hvadam.load_optimizer reads."
+        ),
+    )
+    _storage_arg(p)
+    p.add_argument("campaign", help="campaign name")
+    p.add_argument("--optimizer", default=None, help="only this optimizer (study label)")
+    p.add_argument(
+        "-o", "--output", default=None, metavar="FILE",
+        help="file (one optimizer), FILE-<optimizer>.ext (several), or a directory; "
+        "default: print to stdout",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", choices=("yaml", "json"), default=None,
+        help="default: from the file suffix, else yaml",
+    )  # fmt: skip
+    p.set_defaults(func=_run_export)

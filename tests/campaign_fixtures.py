@@ -1,0 +1,53 @@
+"""A real tiny campaign, run once per test session through the `hvadam tune` command line.
+
+Several test modules use it; the first one to ask runs it (in a subprocess, so that
+`HVADAM_COMPILE=0` keeps the optimizers eager whatever this process imported before) and later
+ones find the finished database under the session's base temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMPAIGN = "real"
+OPTIMIZERS = ("hvadam", "anon", "adam")
+SEEDS = 3
+TRIALS = 3
+SPEC = {
+    "name": CAMPAIGN,
+    "workload": {"name": "valley2d", "options": {"steps": 40, "report_every": 10}},
+    "optimizers": list(OPTIMIZERS),
+    "budget": {"trials": TRIALS},
+    "sampler": "random",
+    "pruner": "none",
+    "confirm": {"seeds": SEEDS},
+    "seed": 0,
+    "device": "cpu",
+}
+
+
+def real_campaign_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.getbasetemp() / "real-campaign"
+    url = f"sqlite:///{root / 'hvadam.db'}"
+    done = root / "done"
+    if done.exists():
+        return url
+    root.mkdir(exist_ok=True)
+    spec = root / "real.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HVADAM_COMPILE": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "studies.cli", "tune", str(spec), "--storage", url, "--quiet",
+         "--threads", "1"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    done.touch()
+    return url
