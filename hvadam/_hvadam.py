@@ -221,17 +221,20 @@ def _reference_group_step(
 
 
 # ----------------------------------------------------------------------------------------------
-# Fast path: the same rule as one tensor program per group with no host-device synchronisation:
-#   (a) per parameter: m, s, θ updated, partial sums <m̂,m̂>, <m̂,v>, <v,v>;
-#   (b) a few scalar tensor ops: k, δ, e, n, the restart flag, b (the decision, no `if`);
-#   (c) per parameter: v and θ updated as the decision says (torch.where).
-# The whole program over the group's list of flat tensors is compiled with torch.compile as ONE
-# graph, so a step costs one compiled call per group (one fused C++/Triton kernel per tensor and
-# pass inside it) instead of two calls per parameter. Without a working compiler, or for small
-# groups (see _COMPILE_MIN_NUMEL), the same function runs eagerly.
-# Scalars travel as one tensor hp (layout _HP_FIELDS), rebuilt only when a group's Python
-# hyperparameters change (an LR schedule, say); the bias corrections are computed in the graph
-# from every parameter's own step tensor.
+# Fast path: the same rule as tensor programs with no host-device synchronisation. Per group:
+#   (a) one pass per parameter: m, s, θ updated, partial sums <m̂,m̂>, <m̂,v>, <v,v> returned;
+#   (b) a few scalar tensor ops: k, δ, e, n, the restart flag, b -> a decision vector;
+#   (c) one pass per parameter: v and θ updated as the decision says (torch.where, no `if`).
+# Passes (a) and (c) are compiled with torch.compile (one fused C++/Triton kernel per tensor,
+# shapes dynamic, so a model compiles each pass once); without a working compiler, and by default
+# for small groups on a CPU (_COMPILE_MIN_NUMEL), they run eagerly.
+# Scalars travel as tensors: hp (layout _HP_FIELDS), rebuilt only when the group's Python
+# hyperparameters change (an LR schedule, say), and decision = [k, restart, hidden_step, lr*b].
+# The group's flattened tensor lists are cached between steps (_GroupCache).
+#
+# Measured and rejected: compiling a whole group (passes a, b, c over the lists of tensors) as
+# one graph. On a CPU inductor fuses the per-tensor loops horizontally (they share the hp reads)
+# into a few huge kernels: ResNet-18's 62 tensors took 11 minutes to compile and 400 ms a step.
 # ----------------------------------------------------------------------------------------------
 
 _HP_FIELDS = (
@@ -576,10 +579,12 @@ class HVAdam(torch.optim.Optimizer):
     weight decay never modifies ``p.grad``; no RAdam (rectify) branch.
 
     ``foreach=False`` runs the readable reference (one pure function per tensor; it reads
-    decisions on the host). ``foreach=True`` (the default, ``None``, on CPU and CUDA) runs the
-    fast path, which never synchronises host and device during ``step`` and is compiled with
-    ``torch.compile`` where available (the first step compiles two small kernels per dtype,
-    seconds to a minute on a CPU; set ``HVADAM_COMPILE=0`` to stay eager).
+    decisions on the host). ``foreach=True`` runs the fast path, which never synchronises host
+    and device during ``step`` and is compiled with ``torch.compile`` where available (the
+    first step compiles two small kernels per dtype, seconds to a minute on a CPU; set
+    ``HVADAM_COMPILE=0`` to stay eager). ``foreach=None`` (the default) runs the fast path,
+    compiled on CUDA and for groups of at least 2**20 elements, eagerly for smaller groups on a
+    CPU (where compiling costs more than a small model's whole run saves).
 
     Group-level state lives in ``param_group["hv_state"]`` (so ``state_dict()`` carries it):
     ``flag`` (restart pending), ``e`` (cosine average), ``n`` (its count), and for diagnostics
