@@ -226,10 +226,50 @@ def _reference_group_step(
 #   (b) a few scalar tensor ops: k, δ, e, n, the restart flag, b -> a decision vector;
 #   (c) one pass per parameter: v and θ updated as the decision says (torch.where, no `if`).
 # Passes (a) and (c) are compiled with torch.compile (one fused C++/Triton kernel per tensor,
-# shapes dynamic, so a model compiles each pass once); without a working compiler they run eagerly.
-# Scalars travel as tensors: hp = [lr, beta1, beta2, eps, gamma, adaptivity, wd_coupled,
-# wd_decoupled, grad_sign], decision = [k, restart, hidden_step, lr*b].
+# shapes dynamic, so a model compiles each pass once); without a working compiler, and by default
+# for small groups on a CPU (_COMPILE_MIN_NUMEL), they run eagerly.
+# Scalars travel as tensors: hp (layout _HP_FIELDS), rebuilt only when the group's Python
+# hyperparameters change (an LR schedule, say), and decision = [k, restart, hidden_step, lr*b].
+# The group's flattened tensor lists are cached between steps (_GroupCache).
+#
+# Measured and rejected: compiling a whole group (passes a, b, c over the lists of tensors) as
+# one graph. On a CPU inductor fuses the per-tensor loops horizontally (they share the hp reads)
+# into a few huge kernels: ResNet-18's 62 tensors took 11 minutes to compile and 400 ms a step.
 # ----------------------------------------------------------------------------------------------
+
+_HP_FIELDS = (
+    "lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "gamma",
+    "half_adaptivity", "wd_coupled", "decay", "sign", "restart_threshold", "lo", "hi",
+)  # fmt: skip
+
+# With foreach=None, groups below this many elements on a CPU run the fast path eagerly: compiling
+# takes seconds to a minute, more than a small model's (a 2-D valley, a small MLP) whole run saves.
+_COMPILE_MIN_NUMEL = 1 << 20
+
+
+def _hyperparameters(group: dict[str, Any]) -> tuple[float, ...]:
+    """The group's scalars in the layout of _HP_FIELDS (Python numbers: no device access)."""
+    lr = float(group["lr"])
+    beta1, beta2 = (float(b) for b in group["betas"])
+    wd = float(group["weight_decay"])
+    decoupled = group["decoupled_weight_decay"]
+    lo, hi = (float(x) for x in group["hv_step_range"])
+    return (
+        lr,
+        beta1,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        float(group["eps"]),
+        float(group["gamma"]),
+        float(group["adaptivity"]) / 2.0,
+        0.0 if decoupled else wd,
+        1.0 - lr * wd if decoupled else 1.0,
+        -1.0 if group["maximize"] else 1.0,
+        float(group["restart_threshold"]),
+        lo,
+        hi,
+    )
 
 
 def _fast_first_update(
@@ -288,37 +328,37 @@ def _fast_hidden_update(param: Tensor, m: Tensor, v: Tensor, bc: Tensor, decisio
     v.copy_(v_new)
 
 
-def _fast_decision(sums: Tensor, gs: dict[str, Tensor], group: dict[str, Any]) -> Tensor:
+def _fast_decision(sums: Tensor, hp: Tensor, gs: list[Tensor]) -> Tensor:
     """Pass (b): the group's decision as a tensor [k, restart, hidden_step, lr*b]; no sync."""
-    beta2 = group["betas"][1]
-    lo, hi = group["hv_step_range"]
+    flag, e, n, restarts, skips, hv_step = gs
+    lr, beta2, one_minus_beta2, threshold, lo, hi = hp[0], hp[3], hp[4], hp[11], hp[12], hp[13]
     mm, ml, ll = sums[0], sums[1], sums[2]
     den = mm + ll - 2.0 * ml
     k = torch.where(den != 0, (mm - ml) / torch.where(den != 0, den, 1.0), 0.0)
-    restart = gs["flag"].clone()  # the flag is overwritten below
+    restart = flag.clone()  # the flag is overwritten below
     vv = torch.abs(k * k * ll + (1.0 - k) ** 2 * mm + 2.0 * k * (1.0 - k) * ml)
     vvmm = vv * mm
     delta = (k * ml + (1.0 - k) * mm) / torch.sqrt(torch.where(vvmm > 0, vvmm, 1.0))
     # VV*MM == 0 or |δ| > 1 (or NaN): skip. NaN compares False, so it skips too.
     valid = ~restart & (vvmm > 0) & (torch.abs(delta) <= 1.0)
-    e_new = beta2 * gs["e"] + (1.0 - beta2) * delta
-    n_new = gs["n"] + 1.0
-    trigger = valid & (e_new / (1.0 - beta2**n_new) < group["restart_threshold"])
+    e_new = beta2 * e + one_minus_beta2 * delta
+    n_new = n + 1.0
+    trigger = valid & (e_new / (1.0 - beta2**n_new) < threshold)
     hidden_step = valid & ~trigger
     b = lo ** (1.0 - e_new) * hi**e_new
-    zero = torch.zeros_like(gs["e"])
-    gs["e"].copy_(torch.where(restart, zero, torch.where(valid, e_new, gs["e"])))
-    gs["n"].copy_(torch.where(restart, zero, torch.where(valid, n_new, gs["n"])))
-    gs["restarts"].add_(trigger.to(gs["restarts"].dtype))
-    gs["skips"].add_((~restart & ~valid).to(gs["skips"].dtype))
-    gs["hv_step"].copy_(torch.where(hidden_step, b, gs["hv_step"]))
-    gs["flag"].copy_(trigger)
-    dt = gs["e"].dtype
-    return torch.stack([k, restart.to(dt), hidden_step.to(dt), group["lr"] * b])
+    zero = torch.zeros_like(e)
+    e.copy_(torch.where(restart, zero, torch.where(valid, e_new, e)))
+    n.copy_(torch.where(restart, zero, torch.where(valid, n_new, n)))
+    restarts.add_(trigger.to(restarts.dtype))
+    skips.add_((~restart & ~valid).to(skips.dtype))
+    hv_step.copy_(torch.where(hidden_step, b, hv_step))
+    flag.copy_(trigger)
+    dt = e.dtype
+    return torch.stack([k, restart.to(dt), hidden_step.to(dt), lr * b])
 
 
-# How the fast path runs its passes: "auto" compiles where torch.compile works, "eager" never
-# compiles (HVADAM_COMPILE=0 selects it too).
+# How the fast path runs: "auto" compiles where torch.compile works (see HVAdam's docstring),
+# "eager" never compiles (HVADAM_COMPILE=0 selects it too).
 _COMPILE_MODE = "eager" if os.environ.get("HVADAM_COMPILE", "1") == "0" else "auto"
 _compiled: dict[tuple, Callable[..., Any]] = {}
 _compile_broken: set[str] = set()
@@ -326,11 +366,11 @@ _compiled_ok: set[tuple] = set()
 
 
 def _compiled_variant(fn: Callable[..., Any], key: tuple) -> Callable[..., Any]:
-    """torch.compile `fn` for one variant (dtype, device, static flags).
+    """torch.compile `fn` for one variant (dtypes, device, static flags, number of tensors).
 
     torch.compile caches graphs per code object with a small recompile limit; giving each
-    variant its own code object keeps variants (float32/float64/bfloat16, amsgrad, ...) from
-    evicting each other into eager fallback.
+    variant its own code object keeps variants (float32/float64/bfloat16, amsgrad, models with
+    different numbers of tensors, ...) from evicting each other into eager fallback.
     """
     compiled = _compiled.get(key)
     if compiled is None:
@@ -399,31 +439,77 @@ def _flat(t: Tensor, strides: tuple[int, ...]) -> Tensor | None:
     return permuted.view(-1) if permuted.is_contiguous() else None
 
 
+def _same(a: list[Any], b: list[Any]) -> bool:
+    """The same objects in the same order (identity, never Tensor.__eq__)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+class _GroupCache:
+    """A group's flattened tensor lists and hp tensor, reused while the same objects recur.
+
+    Rebuilt when the parameters with a gradient, a gradient or a state tensor (a loaded state
+    dict) changes; hp is rebuilt only when the group's Python hyperparameters change.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[Any] = []
+        self.grad_keys: list[Any] = []
+        self.lists: list[list[Tensor]] = []
+        self.grads: list[Tensor] = []
+        self.hp_values: tuple[float, ...] | None = None
+        self.hp: Tensor | None = None
+        self.numel = 0
+
+    def update(
+        self, items: list[tuple[Tensor, Tensor, dict[str, Any]]], amsgrad: bool
+    ) -> list[list[Tensor]]:
+        keys = []
+        for param, _, state in items:
+            keys += (param, state["exp_avg"], state["exp_avg_var"], state["hidden"], state["step"])
+            if amsgrad:
+                keys.append(state["max_exp_avg_var"])
+        grad_keys = [grad for _, grad, _ in items]
+        if _same(keys, self.keys) and _same(grad_keys, self.grad_keys):
+            return self.lists
+        lists: list[list[Tensor]] = [[] for _ in range(7)]
+        for param, grad, state in items:
+            tensors = [param, grad, state["exp_avg"], state["exp_avg_var"], state["hidden"]]
+            if amsgrad:
+                tensors.append(state["max_exp_avg_var"])
+            flat = [_flat(t, param.stride()) for t in tensors]
+            if any(f is None for f in flat):
+                flat = [t.detach() for t in tensors]  # an unusual layout: not flattened
+            for out, f in zip(lists, flat, strict=False):
+                out.append(f)
+            lists[6].append(state["step"])
+        self.keys, self.grad_keys, self.lists = keys, grad_keys, lists
+        self.numel = sum(p.numel() for p in lists[0])
+        return lists
+
+    def hyperparameters(self, group: dict[str, Any], dtype: torch.dtype, device: Any) -> Tensor:
+        values = _hyperparameters(group)
+        hp = self.hp
+        if hp is None or values != self.hp_values or hp.dtype != dtype or hp.device != device:
+            hp = self.hp = _scalars(list(values), dtype, device)
+            self.hp_values = values
+        return hp
+
+
 def _fast_group_step(
-    group: dict[str, Any], items: list[tuple[Tensor, Tensor, dict[str, Any]]], gs: dict[str, Tensor]
+    group: dict[str, Any],
+    items: list[tuple[Tensor, Tensor, dict[str, Any]]],
+    gs: dict[str, Tensor],
+    cache: _GroupCache,
 ) -> None:
     device = items[0][0].device
-    lr = group["lr"]
-    beta1, beta2 = group["betas"]
-    wd = group["weight_decay"]
-    decoupled = group["decoupled_weight_decay"]
-    unit = group["adaptivity"] == 1.0
     amsgrad = group["amsgrad"]
-    values = [
-        lr,
-        beta1,
-        1.0 - beta1,
-        beta2,
-        1.0 - beta2,
-        group["eps"],
-        group["gamma"],
-        group["adaptivity"] / 2.0,
-        0.0 if decoupled else wd,
-        1.0 - lr * wd if decoupled else 1.0,
-        -1.0 if group["maximize"] else 1.0,
-    ]
-    hp = _scalars(values, gs["e"].dtype, device)
-    steps = [state["step"] for _, _, state in items]
+    unit = group["adaptivity"] == 1.0
+    params, grads, ms, ss, vs, s_maxs, steps = cache.update(items, amsgrad)
+    hp = cache.hyperparameters(group, gs["e"].dtype, device)
+    compile_ = _COMPILE_MODE == "auto"
+    if group["foreach"] is None:
+        compile_ = compile_ and (device.type == "cuda" or cache.numel >= _COMPILE_MIN_NUMEL)
+    run = _run_pass if compile_ else _run_eager
     torch._foreach_add_(steps, 1.0)
     # Bias corrections of every parameter at once (the step counts may differ).
     t = torch.stack(steps).to(hp.dtype)
@@ -431,25 +517,20 @@ def _fast_group_step(
     columns = [1.0 / (1.0 - hp[1] ** t), 1.0 / (bc2.sqrt() if unit else bc2)]
     # One small tensor per parameter (clones: row views' storage offsets would be guarded on).
     bcs = [row.clone() for row in torch.stack(columns, 1).unbind(0)]
-    partial = []
-    flats = []
-    for (param, grad, state), bc in zip(items, bcs, strict=True):
-        tensors = [param, grad, state["exp_avg"], state["exp_avg_var"], state["hidden"]]
-        if amsgrad:
-            tensors.append(state["max_exp_avg_var"])
-        flat = [_flat(t, param.stride()) for t in tensors]
-        if any(f is None for f in flat):
-            flat = [t.detach() for t in tensors]  # an unusual layout: not flattened
-        flats.append(flat)
-        if not amsgrad:
-            flat = [*flat, None]
-        key = ("first", param.dtype, device.type, amsgrad, unit)
-        partial.append(_run_pass(_fast_first_update, key, *flat, hp, bc, unit))
-    sums = torch.stack(partial).sum(0)
-    decision = _fast_decision(sums, gs, group)
-    for flat, bc in zip(flats, bcs, strict=True):
-        key = ("hidden", flat[0].dtype, device.type)
-        _run_pass(_fast_hidden_update, key, flat[0], flat[2], flat[4], bc, decision)
+    first_key = ("first", device.type, amsgrad, unit)
+    partial = [
+        run(_fast_first_update, (*first_key, param.dtype), param, grad, m, s, v,
+            s_maxs[i] if amsgrad else None, hp, bc, unit)
+        for i, (param, grad, m, s, v, bc) in enumerate(zip(params, grads, ms, ss, vs, bcs, strict=True))
+    ]  # fmt: skip
+    group_state = [gs["flag"], gs["e"], gs["n"], gs["restarts"], gs["skips"], gs["hv_step"]]
+    decision = _fast_decision(torch.stack(partial).sum(0), hp, group_state)
+    for param, m, v, bc in zip(params, ms, vs, bcs, strict=True):
+        run(_fast_hidden_update, ("hidden", param.dtype, device.type), param, m, v, bc, decision)
+
+
+def _run_eager(fn: Callable[..., Any], key: tuple, *args: Any) -> Any:
+    return fn(*args)
 
 
 def _scalars(values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -498,10 +579,12 @@ class HVAdam(torch.optim.Optimizer):
     weight decay never modifies ``p.grad``; no RAdam (rectify) branch.
 
     ``foreach=False`` runs the readable reference (one pure function per tensor; it reads
-    decisions on the host). ``foreach=True`` (the default, ``None``, on CPU and CUDA) runs the
-    fast path, which never synchronises host and device during ``step`` and is compiled with
-    ``torch.compile`` where available (the first step compiles two small kernels per dtype,
-    seconds to a minute on a CPU; set ``HVADAM_COMPILE=0`` to stay eager).
+    decisions on the host). ``foreach=True`` runs the fast path, which never synchronises host
+    and device during ``step`` and is compiled with ``torch.compile`` where available (the
+    first step compiles two small kernels per dtype, seconds to a minute on a CPU; set
+    ``HVADAM_COMPILE=0`` to stay eager). ``foreach=None`` (the default) runs the fast path,
+    compiled on CUDA and for groups of at least 2**20 elements, eagerly for smaller groups on a
+    CPU (where compiling costs more than a small model's whole run saves).
 
     Group-level state lives in ``param_group["hv_state"]`` (so ``state_dict()`` carries it):
     ``flag`` (restart pending), ``e`` (cosine average), ``n`` (its count), and for diagnostics
@@ -550,6 +633,7 @@ class HVAdam(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
+        self.__dict__.pop("_fast_caches", None)
         # Keep every scalar on its parameters' device so the fast path never crosses devices.
         for group in self.param_groups:
             params = group["params"]
@@ -615,8 +699,16 @@ class HVAdam(torch.optim.Optimizer):
             if group["foreach"] is False:
                 _reference_group_step(group, items, gs)
             else:
-                _fast_group_step(group, items, gs)
+                _fast_group_step(group, items, gs, self._fast_cache(group))
         return loss
+
+    def _fast_cache(self, group: dict[str, Any]) -> _GroupCache:
+        # Kept out of the param group (so out of state_dict) and rebuilt after unpickling.
+        caches = self.__dict__.setdefault("_fast_caches", {})
+        entry = caches.get(id(group))
+        if entry is None or entry[0] is not group:
+            entry = caches[id(group)] = (group, _GroupCache())
+        return entry[1]
 
     def internals(self) -> dict[str, float]:
         """Diagnostics (synchronises; call between epochs, not inside step).

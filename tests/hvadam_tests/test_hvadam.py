@@ -457,3 +457,77 @@ def test_valley_fast_path_follows_reference(eager_fast_path: None) -> None:
     ref = run_valley(lambda p, lr: HVAdam(p, lr=lr, foreach=False), 300)
     fast = run_valley(lambda p, lr: HVAdam(p, lr=lr, foreach=True), 300)
     assert fast.values == pytest.approx(ref.values, rel=1e-9)
+
+
+# --- the fast path's per-group caches ------------------------------------------------------------
+
+
+def _two_mlps() -> list[tuple[nn.Module, HVAdam]]:
+    """The same MLP and groups twice: (reference path, fast path)."""
+    ref_model, _, ref = _make("mlp", F64, foreach=False)
+    fast_model, _, fast = _make("mlp", F64, foreach=True)
+    return [(ref_model, ref), (fast_model, fast)]
+
+
+def test_lr_schedule_between_steps_takes_effect_on_fast_path(eager_fast_path: None) -> None:
+    pairs = _two_mlps()
+    unscheduled = _two_mlps()[1]
+    gen = torch.Generator().manual_seed(5)
+    scheds = [torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.3) for _, opt in pairs]
+    for _ in range(12):
+        x = torch.randn(8, 6, generator=gen, dtype=F64)
+        for model, opt in [*pairs, unscheduled]:
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        for sched in scheds:
+            sched.step()
+    assert pairs[1][1].param_groups[0]["lr"] == pytest.approx(1e-2 * 0.3**4)
+    _assert_same(pairs[0][0], pairs[1][0], 1e-10)
+    # The schedule really reached the fast path: without it the parameters end elsewhere.
+    gaps = [
+        (a - b).abs().max().item()
+        for a, b in zip(unscheduled[0].parameters(), pairs[1][0].parameters(), strict=True)
+    ]
+    assert max(gaps) > 1e-3
+
+
+def test_parameters_gaining_and_losing_gradients_follow_reference(eager_fast_path: None) -> None:
+    pairs = _two_mlps()
+    gen = torch.Generator().manual_seed(6)
+    for step in range(16):
+        x = torch.randn(8, 6, generator=gen, dtype=F64)
+        for model, opt in pairs:
+            opt.zero_grad(set_to_none=step % 2 == 0)  # new gradient tensors, or the same ones
+            model(x).pow(2).mean().backward()
+            params = list(model.parameters())
+            if step % 3 == 1:
+                params[0].grad = None  # the set of parameters with a gradient changes
+            if step % 5 == 2:
+                params[-1].grad = None
+            opt.step()
+    _assert_same(pairs[0][0], pairs[1][0], 1e-10)
+    first = pairs[1][0][0].weight
+    assert int(pairs[1][1].state[first]["step"]) == 16 - len(range(1, 16, 3))
+
+
+def test_default_compiles_large_groups_and_runs_small_ones_eagerly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled_calls = []
+
+    def recording_run_pass(fn, key, *args):
+        compiled_calls.append(key)
+        return fn(*args)
+
+    monkeypatch.setattr(_hvadam, "_COMPILE_MODE", "auto")
+    monkeypatch.setattr(_hvadam, "_run_pass", recording_run_pass)
+    small = torch.zeros(10, requires_grad=True)
+    large = torch.zeros(_hvadam._COMPILE_MIN_NUMEL, requires_grad=True)
+    opt = HVAdam([{"params": [small]}, {"params": [large]}])
+    small.grad, large.grad = torch.ones(10), torch.ones(large.numel())
+    opt.step()
+    assert [key[0] for key in compiled_calls] == ["first", "hidden"]  # the large group only
+    compiled_calls.clear()
+    HVAdam([small], foreach=True).step()  # foreach=True compiles whatever the size
+    assert [key[0] for key in compiled_calls] == ["first", "hidden"]
