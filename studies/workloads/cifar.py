@@ -27,7 +27,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -188,7 +188,7 @@ class Cifar(Workload):
     metric = "val_accuracy"
     direction = "maximize"
     unit = "epoch"
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, Option]] = {
         "dataset": Option("cifar10", "str", "data set", choices=tuple(DATASETS)),
         "model": Option("resnet34", "str", "network", choices=MODELS),
         "data_dir": Option(None, "str", "directory holding cifar-10-batches-py/ or cifar-100-python/ (null: $HVADAM_DATA_DIR, else ./data)", nullable=True),

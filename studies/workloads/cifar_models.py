@@ -134,7 +134,7 @@ class DenseNet(nn.Module):
                 stages.append(DenseBottleneck(planes, growth))
                 planes += growth
             if i < len(blocks) - 1:
-                out = int(math.floor(planes * reduction))
+                out = math.floor(planes * reduction)
                 stages.append(Transition(planes, out))
                 planes = out
         self.dense = nn.Sequential(*stages)

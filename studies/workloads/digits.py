@@ -11,6 +11,7 @@ of the final model is in the final metrics.
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ class Digits(Workload):
     metric = "val_accuracy"
     direction = "maximize"
     unit = "epoch"
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, Option]] = {
         "model": Option("mlp", "str", "network", choices=("mlp", "cnn")),
         "epochs": Option(None, "int", "training epochs (null: 20 for mlp, 15 for cnn)", low=1, nullable=True),
         "batch_size": Option(32, "int", "mini-batch size", low=1),

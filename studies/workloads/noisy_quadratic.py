@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import ClassVar
 
 import torch
 
@@ -41,7 +42,7 @@ class NoisyQuadratic(Workload):
     metric = "expected_loss"
     direction = "minimize"
     unit = "step"
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, Option]] = {
         "dim": Option(100, "int", "number of dimensions", low=1, high=100_000),
         "condition": Option(1000.0, "float", "condition number h_max / h_min", low=1.0),
         "noise": Option(0.1, "float", "standard deviation of the gradient noise", low=0.0),

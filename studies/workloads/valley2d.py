@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -88,7 +88,7 @@ class Valley2D(Workload):
     metric = "function_value"
     direction = "minimize"
     unit = "step"
-    OPTIONS = {
+    OPTIONS: ClassVar[dict[str, Option]] = {
         "function": Option("valley", "str", "which test function", choices=tuple(FUNCTIONS)),
         "steps": Option(3000, "int", "optimizer steps", low=1),
         "report_every": Option(100, "int", "steps per report (one 'epoch')", low=1),
