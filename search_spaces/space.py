@@ -53,8 +53,9 @@ class SearchSpace:
         description: str | None = None,
     ) -> None:
         self.optimizer = optimizer
-        self.params: Mapping[str, ParamSpec] = MappingProxyType({p.name: p for p in params})
-        self.fixed: Mapping[str, Any] = MappingProxyType(dict(fixed))
+        # Plain dicts behind read-only views, so that a space pickles (Ray ships it to workers).
+        self._params = {p.name: p for p in params}
+        self._fixed = dict(fixed)
         self.source = source
         self.description = description
 
@@ -63,6 +64,16 @@ class SearchSpace:
             f"SearchSpace(optimizer={self.optimizer!r}, params={list(self.params)}, "
             f"fixed={dict(self.fixed)!r}, source={self.source!r})"
         )
+
+    @property
+    def params(self) -> Mapping[str, ParamSpec]:
+        """The searched parameters, in order."""
+        return MappingProxyType(self._params)
+
+    @property
+    def fixed(self) -> Mapping[str, Any]:
+        """The constant optimizer keywords."""
+        return MappingProxyType(self._fixed)
 
     # -- structure -------------------------------------------------------------------------
 
@@ -511,7 +522,7 @@ def _resolve_conditions(
 def _replace_when(spec: ParamSpec, when: dict[str, tuple[Any, ...]]) -> ParamSpec:
     from dataclasses import replace
 
-    return replace(spec, when=MappingProxyType(when))
+    return replace(spec, when=when)
 
 
 def _unused_switches(specs: list[ParamSpec]) -> list[ParamSpec]:

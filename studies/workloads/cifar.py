@@ -96,7 +96,8 @@ def check_data_dir(data_dir: str | os.PathLike[str], dataset: str) -> Path:
     return root
 
 
-def _torchvision_dataset(dataset: str, verify_checksums: bool) -> type:
+def torchvision_dataset(dataset: str, *, verify_checksums: bool = False) -> type:
+    """torchvision's CIFAR10/CIFAR100 class; without `verify_checksums`, one that skips the MD5 check."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
     base = CIFAR10 if dataset == "cifar10" else CIFAR100
@@ -130,7 +131,7 @@ def load_cifar(
 
 @functools.lru_cache(maxsize=2)
 def _load_cached(root: str, dataset: str, verify: bool, stamp: tuple[Any, ...]) -> CifarArrays:
-    klass = _torchvision_dataset(dataset, verify)
+    klass = torchvision_dataset(dataset, verify_checksums=verify)
     parts = []
     for train in (True, False):
         try:
@@ -456,8 +457,10 @@ def synthetic_cifar(
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, num_classes, size=n)
-    images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.int64)
+    images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
     if learnable:
+        # uint8 throughout (the full 50000-image set stays small): noise/4 + 3/4 class colour
         colours = np.random.default_rng(1234).integers(0, 256, size=(num_classes, 3, 1, 1))
-        images = (images // 4 + colours[labels] * 3 // 4).clip(0, 255)
-    return images.astype(np.uint8), labels
+        images //= 4
+        images += (colours * 3 // 4).astype(np.uint8)[labels]
+    return images, labels
