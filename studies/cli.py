@@ -29,10 +29,11 @@ class UsageError(ValueError):
 
 
 def _storage(args: argparse.Namespace) -> str:
-    from studies.storage import check_storage_url
+    from studies.storage import check_storage_url, connect_check
 
     url = resolve_storage_url(args.storage)
     check_storage_url(url)
+    connect_check(url)
     return url
 
 
@@ -317,6 +318,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from studies.results import compare_frame
 
     url = _storage(args)
+    if args.threads is None:
+        # The demo's models are tiny: one thread per worker is fastest (and far more robust on
+        # a busy machine, where threads of one process wait on each other).
+        args.threads = 1
     print(
         f"hvadam demo: tuning HVAdam, Anon and baselines on {' and '.join(DEMO_SPECS)} "
         f"(CPU, small budgets); storage {mask_url(url)}"

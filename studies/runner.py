@@ -29,8 +29,9 @@ import sys
 import threading
 import time
 import traceback as tb_module
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -101,6 +102,8 @@ class RunnerConfig:
 def _quiet_optuna() -> None:
     # Trials are reported by our own progress lines; Optuna's per-trial logging would repeat them.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # Heartbeats and their retry callback are marked experimental; we rely on them knowingly.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def prepare_campaign(spec: CampaignSpec, storage: str) -> dict[str, Any]:
@@ -261,6 +264,7 @@ class Worker:
     spec: CampaignSpec
     config: RunnerConfig
     on_event: Callable[[Event], None] | None = None
+    on_idle: Callable[[], None] | None = None
     _events: list[Event] = field(default_factory=list, init=False)
     # Seconds between curve writes of a running trial (the Ray backend writes every epoch,
     # since a scheduler may stop a trial at any report).
@@ -333,6 +337,8 @@ class Worker:
                     continue
                 if self._all_done():
                     return self._events
+                if self.on_idle is not None:
+                    self.on_idle()
                 time.sleep(self.config.poll_interval)
         finally:
             if in_main:
@@ -807,10 +813,11 @@ def run_campaign(
 ) -> None:
     """Prepare the campaign, then run it with `workers` processes until it is complete.
 
-    One worker runs in this process; more are `hvadam worker` subprocesses (the storage URL is
-    passed in the environment, never on a command line), each pinned to its own GPU or given an
-    equal share of the CPU cores. `poll` is called about once a second while subprocesses run
-    (the progress display reads the database then).
+    Worker 0 runs in this process; workers 1..N-1 are `hvadam worker` subprocesses (the
+    storage URL is passed in the environment, never on a command line). With CUDA each worker
+    gets its own GPU (round robin over the visible ones); on the CPU each gets an equal share of
+    the cores (torch threads). `poll` is called after this process's runs and while it waits
+    (the progress display reads the other workers' runs from the database then).
     """
     if workers < 1:
         raise CampaignError(f"--workers must be >= 1, got {workers}")
@@ -822,9 +829,17 @@ def run_campaign(
     threads = config.threads
     if threads is None and not envs[0]:
         threads = max(1, (os.cpu_count() or 1) // workers)
+
+    def on_parent_event(event: Event) -> None:
+        if on_event is not None:
+            on_event(event)
+        if poll is not None:
+            poll()
+
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for i in range(workers):
+        # This process is worker 0 (it has paid for its imports already); 1..N-1 are children.
+        for i in range(1, workers):
             env = dict(os.environ)
             env.update(envs[i])
             env[STORAGE_ENV] = config.storage
@@ -844,13 +859,23 @@ def run_campaign(
             ]
             if threads:
                 cmd += ["--threads", str(threads)]
-            if config.device:
-                cmd += ["--device", "cuda" if envs[i] else config.device]
+            if envs[i]:
+                cmd += ["--device", "cuda"]
+            elif config.device:
+                cmd += ["--device", config.device]
             procs.append(subprocess.Popen(cmd, env=env))
+        # Within this process the visible GPUs keep their order: its own is the first one.
+        own = replace(
+            config,
+            worker_index=0,
+            threads=threads,
+            device="cuda:0" if envs[0] else config.device,
+        )
+        Worker(spec, own, on_event=on_parent_event, on_idle=poll).run()
         while any(p.poll() is None for p in procs):
             if poll is not None:
                 poll()
-            time.sleep(1.0)
+            time.sleep(0.2)
         if poll is not None:
             poll()
     except BaseException:
@@ -863,7 +888,7 @@ def run_campaign(
             except subprocess.TimeoutExpired:
                 p.kill()
         raise
-    failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+    failed = [(i, p.returncode) for i, p in enumerate(procs, start=1) if p.returncode != 0]
     if failed and not campaign_complete(spec, config.storage):
         detail = ", ".join(f"worker {i} exited with code {rc}" for i, rc in failed)
         raise CampaignError(

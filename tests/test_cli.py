@@ -66,7 +66,7 @@ def test_spaces_lists_the_shipped_search_spaces(capsys):
 
 def test_tune_then_status_and_compare_in_every_format(storage_url, tmp_path, capsys):
     spec = tiny_spec(tmp_path)
-    assert main(["tune", spec, "--storage", storage_url]) == 0
+    assert main(["tune", spec, "--storage", storage_url, "--threads", "1"]) == 0
     out = capsys.readouterr().out
     # not a terminal: one line per finished run, then the comparison table
     assert out.count("[tiny] hvadam search #") == 2 and out.count("[tiny] sgd confirm seed") == 2
@@ -90,7 +90,7 @@ def test_tune_then_status_and_compare_in_every_format(storage_url, tmp_path, cap
     assert csv[0].startswith("optimizer,metric,direction,best_value") and len(csv) == 3
 
 
-def test_errors_are_one_clean_line_with_exit_status_2(tmp_path):
+def test_errors_are_one_clean_line_with_exit_status_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**TINY, "sampler": "bayes"}))
     cases = [
@@ -100,12 +100,22 @@ def test_errors_are_one_clean_line_with_exit_status_2(tmp_path):
         (["status", "--storage", "bogus://u:hunter2@h/db"], "no database driver"),
     ]
     for args, needle in cases:
-        proc = hvadam_cli(*args, cwd=tmp_path)
-        assert proc.returncode == 2, (args, proc.stderr)
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("hvadam: error: "), proc.stderr
-        assert needle in lines[0] and "Traceback" not in proc.stderr
-        assert "hunter2" not in proc.stderr + proc.stdout
+        assert main(args) == 2, args
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("hvadam: error: "), captured.err
+        assert needle in lines[0]
+        assert "hunter2" not in captured.err + captured.out
+
+
+def test_a_real_process_exits_2_without_traceback(tmp_path):
+    proc = hvadam_cli(
+        "status", "--storage", "postgresql+psycopg://u:hunter2@127.0.0.1:1/x", cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("hvadam: error: cannot") or "hvadam: error:" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert "hunter2" not in proc.stderr and "u:***@127.0.0.1:1" in proc.stderr
 
 
 def test_a_malformed_spec_runs_no_trial(tmp_path):
@@ -116,14 +126,21 @@ def test_a_malformed_spec_runs_no_trial(tmp_path):
     assert not sa.inspect(engine).has_table("trials")  # nothing was even created
 
 
-def test_postgres_password_never_appears_in_output_or_database(postgres_url, tmp_path):
+def test_postgres_password_never_appears_in_output_or_database(
+    postgres_url, tmp_path, capfd, monkeypatch
+):
     spec = tiny_spec(tmp_path)
-    env = {"HVADAM_STORAGE": postgres_url}
+    monkeypatch.setenv("HVADAM_STORAGE", postgres_url)
     outputs = []
-    for args in (["tune", spec], ["status"], ["status", "tiny"], ["compare", "tiny"]):
-        proc = hvadam_cli(*args, cwd=tmp_path, env=env)
-        assert proc.returncode == 0, proc.stderr
-        outputs.append(proc.stdout + proc.stderr)
+    for args in (
+        ["tune", spec, "--threads", "1"],
+        ["status"],
+        ["status", "tiny"],
+        ["compare", "tiny"],
+    ):
+        assert main(args) == 0, args
+        captured = capfd.readouterr()
+        outputs.append(captured.out + captured.err)
     text = "\n".join(outputs)
     assert PASSWORD not in text
     assert "postgres:***@127.0.0.1" in outputs[0]
@@ -142,10 +159,11 @@ def test_postgres_password_never_appears_in_output_or_database(postgres_url, tmp
 
 
 @pytest.mark.slow
-def test_demo_runs_both_shipped_campaigns_and_prints_their_tables(tmp_path):
-    proc = hvadam_cli("demo", "--trials", "2", "--seeds", "1", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+def test_demo_runs_both_shipped_campaigns_and_prints_their_tables(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HVADAM_STORAGE", raising=False)
+    assert main(["demo", "--trials", "2", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
     assert "== digits-t2s1: digits-mlp" in out and "== valley2d-t2s1: valley2d" in out
     assert "confirm val_accuracy mean" in out and "confirm function_value mean" in out
     for name in ("hvadam", "anon", "adam", "sgd"):

@@ -1,0 +1,133 @@
+"""Milliseconds per optimizer step on ResNet-18's parameter shapes, as ratios to fused Adam.
+
+Every optimizer steps the same shapes with fixed random gradients, after warm-up (which also
+pays HVAdam's one-off torch.compile); ratios are to torch.optim.Adam(fused=True) measured in the
+same run. On CUDA the timed steps run under torch.cuda.set_sync_debug_mode("error"), so a step
+that synchronises host and device fails the benchmark instead of hiding in the numbers.
+
+    PYTHONPATH=$PWD python benchmarks/step_time.py [--device cpu|cuda] [--steps N]
+        [--warmup N] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from hvadam._hvadam import HVAdam
+
+try:  # Anon may not be available in every checkout
+    from hvadam._anon import Anon
+except ImportError:
+    Anon = None
+
+
+def resnet18_shapes() -> list[torch.Size]:
+    import torchvision
+
+    return [p.shape for p in torchvision.models.resnet18().parameters()]
+
+
+def make_params(shapes: list[torch.Size], device: str, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        p = torch.randn(shape, generator=gen).to(device).requires_grad_()
+        p.grad = (torch.randn(shape, generator=gen) * 1e-2).to(device)
+        params.append(p)
+    return params
+
+
+def candidates() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]]:
+    found: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
+        "Adam fused": lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
+        "Adam foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+        "Adam for-loop": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=False),
+        "HVAdam default": lambda ps: HVAdam(ps, lr=1e-3),
+        "HVAdam foreach=False": lambda ps: HVAdam(ps, lr=1e-3, foreach=False),
+    }
+    if Anon is not None:
+        found["Anon default"] = lambda ps: Anon(ps, lr=1e-3)
+        found["Anon foreach=False"] = lambda ps: Anon(ps, lr=1e-3, foreach=False)
+    return found
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_steps(opt: torch.optim.Optimizer, device: str, steps: int) -> list[float]:
+    """Seconds per step, one sample per step; synchronisation only outside the timed steps."""
+    samples = []
+    cuda = device.startswith("cuda")
+    for _ in range(steps):
+        _sync(device)
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.set_sync_debug_mode("error")
+            start.record()
+            opt.step()
+            end.record()
+            torch.cuda.set_sync_debug_mode("default")
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            opt.step()
+            samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def run(device: str, steps: int, warmup: int) -> list[tuple[str, float, float]]:
+    shapes = resnet18_shapes()
+    opts = {}
+    for name, factory in candidates().items():
+        params = make_params(shapes, device)
+        opt = factory(params)
+        for _ in range(warmup):
+            opt.step()
+        _sync(device)
+        opts[name] = opt
+    # Interleave the optimizers so a slow patch of a shared machine hits all of them alike.
+    samples: dict[str, list[float]] = {name: [] for name in opts}
+    rounds = max(1, steps // 5)
+    for _ in range(rounds):
+        for name, opt in opts.items():
+            samples[name] += time_steps(opt, device, max(1, steps // rounds))
+    medians = {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+    base = medians["Adam fused"]
+    return [(name, ms, ms / base) for name, ms in medians.items()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = parser.parse_args(argv)
+    n_params = sum(s.numel() for s in resnet18_shapes())
+    rows = run(args.device, args.steps, args.warmup)
+    title = (
+        f"step time on {args.device}, ResNet-18 shapes ({n_params / 1e6:.1f} M params), "
+        f"median of {args.steps} steps after {args.warmup} warm-up, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    if args.markdown:
+        print(f"{title}\n\n| optimizer | ms / step | x fused Adam |\n|---|---:|---:|")
+        for name, ms, ratio in rows:
+            print(f"| {name} | {ms:.2f} | {ratio:.2f} |")
+    else:
+        print(title)
+        print(f"{'optimizer':<22}{'ms/step':>10}{'x fused':>10}")
+        for name, ms, ratio in rows:
+            print(f"{name:<22}{ms:>10.2f}{ratio:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,645 @@
+"""HVAdam: the full-dimension adaptive optimizer (a readable reference path and a fast path)."""
+
+from __future__ import annotations
+
+import math
+import os
+import types
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["HVAdam"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class SparseGradientError(ValueError, RuntimeError):
+    """HVAdam was given a sparse gradient, which it does not support."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_hyperparameters(group: dict[str, Any]) -> None:
+    """Raise ValueError naming the hyperparameter and its allowed range."""
+
+    def number(name: str, value: Any) -> float:
+        if isinstance(value, Tensor) and value.numel() == 1:
+            value = value.item()
+        if not _is_number(value) or math.isnan(value):
+            raise ValueError(f"HVAdam: {name} must be a number (not NaN), got {value!r}")
+        return float(value)
+
+    lr = number("lr", group["lr"])
+    if not 0.0 <= lr < math.inf:
+        raise ValueError(f"HVAdam: lr must be finite and >= 0, got {lr}")
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"HVAdam: betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, beta in enumerate(betas):
+        beta = number(f"betas[{i}]", beta)
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"HVAdam: betas[{i}] must be in [0, 1), got {beta}")
+    eps = number("eps", group["eps"])
+    if not 0.0 <= eps < math.inf:
+        raise ValueError(f"HVAdam: eps must be finite and >= 0, got {eps}")
+    gamma = number("gamma", group["gamma"])
+    if not 0.0 <= gamma < math.inf:
+        raise ValueError(f"HVAdam: gamma must be finite and >= 0, got {gamma}")
+    adaptivity = number("adaptivity", group["adaptivity"])
+    if not math.isfinite(adaptivity):
+        raise ValueError(f"HVAdam: adaptivity must be a finite number, got {adaptivity}")
+    threshold = number("restart_threshold", group["restart_threshold"])
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"HVAdam: restart_threshold must be in [-1, 1], got {threshold}")
+    hv_range = group["hv_step_range"]
+    if not isinstance(hv_range, (tuple, list)) or len(hv_range) != 2:
+        raise ValueError(f"HVAdam: hv_step_range must be a pair (lo, hi), got {hv_range!r}")
+    lo = number("hv_step_range[0]", hv_range[0])
+    hi = number("hv_step_range[1]", hv_range[1])
+    if not (0.0 < lo < hi < math.inf):
+        raise ValueError(f"HVAdam: hv_step_range must satisfy 0 < lo < hi < inf, got ({lo}, {hi})")
+    wd = number("weight_decay", group["weight_decay"])
+    if not 0.0 <= wd < math.inf:
+        raise ValueError(f"HVAdam: weight_decay must be finite and >= 0, got {wd}")
+    for flag in ("decoupled_weight_decay", "amsgrad", "maximize"):
+        if not isinstance(group[flag], bool):
+            raise ValueError(f"HVAdam: {flag} must be True or False, got {group[flag]!r}")
+    if group["foreach"] not in (None, True, False):
+        raise ValueError(f"HVAdam: foreach must be None, True or False, got {group['foreach']!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference path: one pure function per tensor, plain math with Python numbers, easy to hold
+# against ALGORITHMS.md. It may synchronise (it reads the step count and the decisions on the host).
+# ----------------------------------------------------------------------------------------------
+
+
+def _reference_first_update(
+    param: Tensor,
+    grad: Tensor,
+    m: Tensor,
+    s: Tensor,
+    v: Tensor,
+    s_max: Tensor | None,
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    gamma: float,
+    adaptivity: float,
+    weight_decay: float,
+    decoupled: bool,
+    maximize: bool,
+) -> tuple[Tensor, float, float, float]:
+    """Update m, s (and s_max) and θ in place; return (m̂, <m̂,m̂>, <m̂,v>, <v,v>)."""
+    # Low-precision parameters are computed in float32 and rounded when stored.
+    cdt = torch.float32 if param.dtype in _LOW_PRECISION else param.dtype
+    theta, g = param.to(cdt), grad.to(cdt)
+    m_, s_, v_ = m.to(cdt), s.to(cdt), v.to(cdt)
+    if maximize:
+        g = -g
+    if decoupled:
+        theta = theta * (1.0 - lr * weight_decay)
+    else:
+        g = g + weight_decay * theta  # a new tensor: the caller's gradient is left alone
+    bc1 = 1.0 - beta1**step
+    bc2 = 1.0 - beta2**step
+    m_ = beta1 * m_ + (1.0 - beta1) * g
+    p = (g - v_) ** 2
+    r = p / ((g - m_) ** 2 + gamma * p + eps) * p
+    m_hat = m_ / bc1
+    s_ = beta2 * s_ + (1.0 - beta2) * r
+    mm = float(torch.sum(m_hat * m_hat))
+    ml = float(torch.sum(m_hat * v_))
+    ll = float(torch.sum(v_ * v_))
+    s_ = s_ + eps
+    s_used = s_
+    if s_max is not None:
+        s_used = torch.maximum(s_max.to(cdt), s_)
+        s_max.copy_(s_used)
+    if adaptivity == 1.0:
+        denom = s_used.sqrt() / math.sqrt(bc2) + eps
+    else:
+        denom = (s_used / bc2) ** (adaptivity / 2.0) + eps
+    theta = theta - lr * m_hat / denom
+    m.copy_(m_)
+    s.copy_(s_)
+    param.copy_(theta)
+    return m_hat, mm, ml, ll
+
+
+def _reference_hidden_update(
+    param: Tensor, v: Tensor, m_hat: Tensor, *, action: str, k: float, lr: float, b: float
+) -> None:
+    """Apply the group's decision to one parameter: restart, hidden-vector step, or nothing."""
+    if action == "restart":
+        v.copy_(m_hat)
+    elif action == "step":
+        v_new = k * v.to(m_hat.dtype) + (1.0 - k) * m_hat
+        v.copy_(v_new)
+        param.copy_(param.to(m_hat.dtype) - (lr * b) * v_new)
+
+
+def _reference_decision(
+    mm: float, ml: float, ll: float, gs: dict[str, Tensor], group: dict[str, Any]
+) -> tuple[str, float, float]:
+    """The group's decision from the group-wide sums; updates the group state; (action, k, b)."""
+    beta2 = group["betas"][1]
+    lo, hi = group["hv_step_range"]
+    den = mm + ll - 2.0 * ml
+    k = (mm - ml) / den if den != 0.0 else 0.0
+    if bool(gs["flag"]):
+        gs["n"].fill_(0.0)
+        gs["e"].fill_(0.0)
+        gs["flag"].fill_(False)
+        return "restart", k, 0.0
+    vv = abs(k * k * ll + (1.0 - k) ** 2 * mm + 2.0 * k * (1.0 - k) * ml)
+    if vv * mm == 0.0:  # deviation: the published code divides by zero here
+        gs["skips"].add_(1.0)
+        return "skip", k, 0.0
+    delta = (k * ml + (1.0 - k) * mm) / math.sqrt(vv * mm)
+    if not abs(delta) <= 1.0:
+        gs["skips"].add_(1.0)
+        return "skip", k, 0.0
+    e = beta2 * float(gs["e"]) + (1.0 - beta2) * delta
+    n = float(gs["n"]) + 1.0
+    gs["e"].fill_(e)
+    gs["n"].fill_(n)
+    if e / (1.0 - beta2**n) < group["restart_threshold"]:
+        gs["flag"].fill_(True)
+        gs["restarts"].add_(1.0)
+        return "skip", k, 0.0
+    b = lo ** (1.0 - e) * hi**e
+    gs["hv_step"].fill_(b)
+    return "step", k, b
+
+
+def _reference_group_step(
+    group: dict[str, Any], items: list[tuple[Tensor, Tensor, dict[str, Any]]], gs: dict[str, Tensor]
+) -> None:
+    beta1, beta2 = group["betas"]
+    hyper = {
+        "lr": group["lr"],
+        "beta1": beta1,
+        "beta2": beta2,
+        "eps": group["eps"],
+        "gamma": group["gamma"],
+        "adaptivity": group["adaptivity"],
+        "weight_decay": group["weight_decay"],
+        "decoupled": group["decoupled_weight_decay"],
+        "maximize": group["maximize"],
+    }
+    mm = ml = ll = 0.0
+    m_hats = []
+    for param, grad, state in items:
+        state["step"].add_(1.0)
+        m_hat, a, b, c = _reference_first_update(
+            param,
+            grad,
+            state["exp_avg"],
+            state["exp_avg_var"],
+            state["hidden"],
+            state.get("max_exp_avg_var"),
+            step=int(state["step"].item()),
+            **hyper,
+        )
+        m_hats.append(m_hat)
+        mm, ml, ll = mm + a, ml + b, ll + c
+    action, k, b = _reference_decision(mm, ml, ll, gs, group)
+    for (param, _, state), m_hat in zip(items, m_hats, strict=True):
+        _reference_hidden_update(
+            param, state["hidden"], m_hat, action=action, k=k, lr=group["lr"], b=b
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Fast path: the same rule as tensor programs with no host-device synchronisation. Per group:
+#   (a) one pass per parameter: m, s, θ updated, partial sums <m̂,m̂>, <m̂,v>, <v,v> returned;
+#   (b) a few scalar tensor ops: k, δ, e, n, the restart flag, b -> a decision vector;
+#   (c) one pass per parameter: v and θ updated as the decision says (torch.where, no `if`).
+# Passes (a) and (c) are compiled with torch.compile (one fused C++/Triton kernel per tensor,
+# shapes dynamic, so a model compiles each pass once); without a working compiler they run eagerly.
+# Scalars travel as tensors: hp = [lr, beta1, beta2, eps, gamma, adaptivity, wd_coupled,
+# wd_decoupled, grad_sign], decision = [k, restart, hidden_step, lr*b].
+# ----------------------------------------------------------------------------------------------
+
+
+def _fast_first_update(
+    param: Tensor,
+    grad: Tensor,
+    m: Tensor,
+    s: Tensor,
+    v: Tensor,
+    s_max: Tensor | None,
+    hp: Tensor,
+    bc: Tensor,
+    unit_adaptivity: bool,
+) -> Tensor:
+    lr, beta1, one_minus_beta1, beta2, one_minus_beta2 = hp[0], hp[1], hp[2], hp[3], hp[4]
+    eps, gamma, half_adaptivity, wd_coupled, decay, sign = (
+        hp[5], hp[6], hp[7], hp[8], hp[9], hp[10],
+    )  # fmt: skip
+    cdt = torch.float32 if param.dtype in _LOW_PRECISION else param.dtype
+    theta, g = param.to(cdt), grad.to(cdt)
+    m_, s_, v_ = m.to(cdt), s.to(cdt), v.to(cdt)
+    g = g * sign
+    theta = theta * decay  # decoupled weight decay: 1 - lr*wd
+    g = g + wd_coupled * theta
+    m_ = beta1 * m_ + one_minus_beta1 * g
+    p = (g - v_) ** 2
+    r = p / ((g - m_) ** 2 + gamma * p + eps) * p
+    m_hat = m_ * bc[0]  # 1 / (1 - beta1^t): a multiply, not a divide, per element
+    s_ = beta2 * s_ + one_minus_beta2 * r
+    sums = torch.stack([(m_hat * m_hat).sum(), (m_hat * v_).sum(), (v_ * v_).sum()])
+    s_ = s_ + eps
+    s_used = s_
+    if s_max is not None:
+        s_used = torch.maximum(s_max.to(cdt), s_)
+        s_max.copy_(s_used)
+    if unit_adaptivity:
+        denom = s_used.sqrt() * bc[1] + eps  # bc[1] = 1 / sqrt(1 - beta2^t)
+    else:
+        denom = (s_used * bc[1]) ** half_adaptivity + eps  # bc[1] = 1 / (1 - beta2^t)
+    theta = theta - lr * m_hat / denom
+    m.copy_(m_)
+    s.copy_(s_)
+    param.copy_(theta)
+    return sums.to(hp.dtype)
+
+
+def _fast_hidden_update(param: Tensor, m: Tensor, v: Tensor, bc: Tensor, decision: Tensor) -> None:
+    k, restart, hidden_step, lr_b = decision[0], decision[1], decision[2], decision[3]
+    cdt = torch.float32 if param.dtype in _LOW_PRECISION else param.dtype
+    m_hat = m.to(cdt) * bc[0]
+    v_ = v.to(cdt)
+    v_new = torch.where(
+        restart > 0, m_hat, torch.where(hidden_step > 0, k * v_ + (1 - k) * m_hat, v_)
+    )
+    theta = param.to(cdt)
+    param.copy_(torch.where(hidden_step > 0, theta - lr_b * v_new, theta))
+    v.copy_(v_new)
+
+
+def _fast_decision(sums: Tensor, gs: dict[str, Tensor], group: dict[str, Any]) -> Tensor:
+    """Pass (b): the group's decision as a tensor [k, restart, hidden_step, lr*b]; no sync."""
+    beta2 = group["betas"][1]
+    lo, hi = group["hv_step_range"]
+    mm, ml, ll = sums[0], sums[1], sums[2]
+    den = mm + ll - 2.0 * ml
+    k = torch.where(den != 0, (mm - ml) / torch.where(den != 0, den, 1.0), 0.0)
+    restart = gs["flag"].clone()  # the flag is overwritten below
+    vv = torch.abs(k * k * ll + (1.0 - k) ** 2 * mm + 2.0 * k * (1.0 - k) * ml)
+    vvmm = vv * mm
+    delta = (k * ml + (1.0 - k) * mm) / torch.sqrt(torch.where(vvmm > 0, vvmm, 1.0))
+    # VV*MM == 0 or |δ| > 1 (or NaN): skip. NaN compares False, so it skips too.
+    valid = ~restart & (vvmm > 0) & (torch.abs(delta) <= 1.0)
+    e_new = beta2 * gs["e"] + (1.0 - beta2) * delta
+    n_new = gs["n"] + 1.0
+    trigger = valid & (e_new / (1.0 - beta2**n_new) < group["restart_threshold"])
+    hidden_step = valid & ~trigger
+    b = lo ** (1.0 - e_new) * hi**e_new
+    zero = torch.zeros_like(gs["e"])
+    gs["e"].copy_(torch.where(restart, zero, torch.where(valid, e_new, gs["e"])))
+    gs["n"].copy_(torch.where(restart, zero, torch.where(valid, n_new, gs["n"])))
+    gs["restarts"].add_(trigger.to(gs["restarts"].dtype))
+    gs["skips"].add_((~restart & ~valid).to(gs["skips"].dtype))
+    gs["hv_step"].copy_(torch.where(hidden_step, b, gs["hv_step"]))
+    gs["flag"].copy_(trigger)
+    dt = gs["e"].dtype
+    return torch.stack([k, restart.to(dt), hidden_step.to(dt), group["lr"] * b])
+
+
+# How the fast path runs its passes: "auto" compiles where torch.compile works, "eager" never
+# compiles (HVADAM_COMPILE=0 selects it too).
+_COMPILE_MODE = "eager" if os.environ.get("HVADAM_COMPILE", "1") == "0" else "auto"
+_compiled: dict[tuple, Callable[..., Any]] = {}
+_compile_broken: set[str] = set()
+_compiled_ok: set[tuple] = set()
+
+
+def _compiled_variant(fn: Callable[..., Any], key: tuple) -> Callable[..., Any]:
+    """torch.compile `fn` for one variant (dtype, device, static flags).
+
+    torch.compile caches graphs per code object with a small recompile limit; giving each
+    variant its own code object keeps variants (float32/float64/bfloat16, amsgrad, ...) from
+    evicting each other into eager fallback.
+    """
+    compiled = _compiled.get(key)
+    if compiled is None:
+        name = f"{fn.__name__}_{abs(hash(key)):x}"
+        code = fn.__code__.replace(co_name=name, co_qualname=name)
+        clone = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+        compiled = torch.compile(clone, dynamic=True, fullgraph=True)
+        _compiled[key] = compiled
+    return compiled
+
+
+def _run_pass(fn: Callable[..., Any], key: tuple, *args: Any) -> Any:
+    device_type = args[0].device.type
+    if (
+        _COMPILE_MODE == "eager"
+        or device_type in _compile_broken
+        or device_type not in ("cpu", "cuda")
+        or torch.compiler.is_compiling()
+    ):
+        return fn(*args)
+    compiled = _compiled_variant(fn, key)
+    if key in _compiled_ok:
+        return compiled(*args)
+    try:
+        # Compile on large stand-ins first: shapes are dynamic and the first shape seen is the
+        # size hint from which the C++ backend decides to parallelise the loop.
+        compiled(*[_stand_in(a, args[0]) for a in args])
+        result = compiled(*args)
+    except Exception as error:  # a missing C++ compiler, an unsupported platform, ...
+        # Compilation happens before the graph runs, so no tensor was touched yet; an error of
+        # the update itself recurs in the eager call below and reaches the caller.
+        _compile_broken.add(device_type)
+        warnings.warn(
+            f"HVAdam: torch.compile failed on {device_type} ({type(error).__name__}: "
+            f"{str(error)[:200]}); using the eager fast path",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return fn(*args)
+    _compiled_ok.add(key)
+    return result
+
+
+def _stand_in(arg: Any, param: Tensor) -> Any:
+    """A large zero tensor in place of a flattened parameter-sized argument."""
+    if (
+        isinstance(arg, Tensor)
+        and param.dim() == 1
+        and arg.shape == param.shape
+        and param.numel() > 1
+    ):
+        return torch.zeros(1 << 20, dtype=arg.dtype, device=arg.device)
+    return arg
+
+
+def _flat(t: Tensor, strides: tuple[int, ...]) -> Tensor | None:
+    """A 1-D view of a dense tensor laid out like `strides`, or None when there is none."""
+    if t.stride() != strides:
+        return None
+    # Detached, so that torch.compile sees plain tensors, not no-grad views of leaves.
+    t = t.detach()
+    if t.is_contiguous():
+        return t.view(-1)
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    permuted = t.permute(order)
+    return permuted.view(-1) if permuted.is_contiguous() else None
+
+
+def _fast_group_step(
+    group: dict[str, Any], items: list[tuple[Tensor, Tensor, dict[str, Any]]], gs: dict[str, Tensor]
+) -> None:
+    device = items[0][0].device
+    lr = group["lr"]
+    beta1, beta2 = group["betas"]
+    wd = group["weight_decay"]
+    decoupled = group["decoupled_weight_decay"]
+    unit = group["adaptivity"] == 1.0
+    amsgrad = group["amsgrad"]
+    values = [
+        lr,
+        beta1,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        group["eps"],
+        group["gamma"],
+        group["adaptivity"] / 2.0,
+        0.0 if decoupled else wd,
+        1.0 - lr * wd if decoupled else 1.0,
+        -1.0 if group["maximize"] else 1.0,
+    ]
+    hp = _scalars(values, gs["e"].dtype, device)
+    steps = [state["step"] for _, _, state in items]
+    torch._foreach_add_(steps, 1.0)
+    # Bias corrections of every parameter at once (the step counts may differ).
+    t = torch.stack(steps).to(hp.dtype)
+    bc2 = 1.0 - hp[3] ** t
+    columns = [1.0 / (1.0 - hp[1] ** t), 1.0 / (bc2.sqrt() if unit else bc2)]
+    # One small tensor per parameter (clones: row views' storage offsets would be guarded on).
+    bcs = [row.clone() for row in torch.stack(columns, 1).unbind(0)]
+    partial = []
+    flats = []
+    for (param, grad, state), bc in zip(items, bcs, strict=True):
+        tensors = [param, grad, state["exp_avg"], state["exp_avg_var"], state["hidden"]]
+        if amsgrad:
+            tensors.append(state["max_exp_avg_var"])
+        flat = [_flat(t, param.stride()) for t in tensors]
+        if any(f is None for f in flat):
+            flat = [t.detach() for t in tensors]  # an unusual layout: not flattened
+        flats.append(flat)
+        if not amsgrad:
+            flat = [*flat, None]
+        key = ("first", param.dtype, device.type, amsgrad, unit)
+        partial.append(_run_pass(_fast_first_update, key, *flat, hp, bc, unit))
+    sums = torch.stack(partial).sum(0)
+    decision = _fast_decision(sums, gs, group)
+    for flat, bc in zip(flats, bcs, strict=True):
+        key = ("hidden", flat[0].dtype, device.type)
+        _run_pass(_fast_hidden_update, key, flat[0], flat[2], flat[4], bc, decision)
+
+
+def _scalars(values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Host numbers as a device tensor without a blocking copy."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cpu":
+        return host
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+class HVAdam(torch.optim.Optimizer):
+    r"""HVAdam: Adam with a noise-aware preconditioner and a group-wide hidden-vector step.
+
+    For each parameter group, at step :math:`t` (per parameter, :math:`b_1 = 1-\beta_1^t`,
+    :math:`b_2 = 1-\beta_2^t`), with gradient :math:`g` (negated when ``maximize``; coupled weight
+    decay adds :math:`\lambda\theta`, decoupled scales :math:`\theta \leftarrow (1-\eta\lambda)\theta`):
+
+    .. math::
+        m &\leftarrow \beta_1 m + (1-\beta_1) g, \qquad p = (g - v)^2, \\
+        s &\leftarrow \beta_2 s + (1-\beta_2)\,\frac{p^2}{(g-m)^2 + \gamma p + \epsilon},
+        \qquad \hat m = m / b_1, \\
+        MM &= \textstyle\sum \langle\hat m,\hat m\rangle,\quad
+        ML = \sum \langle\hat m, v\rangle,\quad LL = \sum\langle v, v\rangle
+        \quad\text{(over all parameters of the group)}, \\
+        s &\leftarrow s + \epsilon\ \ (\text{amsgrad: } \hat s = \max(\hat s, s)), \qquad
+        \theta \leftarrow \theta - \eta\,\frac{\hat m}{(s/b_2)^{a/2} + \epsilon}.
+
+    Then, once per group, :math:`k = (MM-ML)/(MM+LL-2ML)` (0 when the denominator is 0).
+    If a restart is pending: :math:`e = n = 0`, :math:`v \leftarrow \hat m`. Otherwise
+
+    .. math::
+        VV &= |k^2 LL + (1-k)^2 MM + 2k(1-k) ML|, \qquad
+        \delta = \frac{k\,ML + (1-k)\,MM}{\sqrt{VV\cdot MM}}, \\
+        &\text{skip if } |\delta| > 1 \text{ or } VV\cdot MM = 0;\quad
+        e \leftarrow \beta_2 e + (1-\beta_2)\delta,\ n \leftarrow n + 1, \\
+        &\text{restart next step (and skip) if } e/(1-\beta_2^n) < \tau, \text{ else }
+        b = \ell^{1-e} h^{e},\ v \leftarrow k v + (1-k)\hat m,\ \theta \leftarrow \theta - \eta b v.
+
+    Here :math:`\eta` = ``lr``, :math:`a` = ``adaptivity`` (1 is published HVAdam),
+    :math:`\tau` = ``restart_threshold``, :math:`(\ell, h)` = ``hv_step_range``; a restart is
+    pending at the first step. Every hyperparameter can be overridden per parameter group.
+
+    Deviations from the published code: ``VV*MM == 0`` skips instead of producing NaN; coupled
+    weight decay never modifies ``p.grad``; no RAdam (rectify) branch.
+
+    ``foreach=False`` runs the readable reference (one pure function per tensor; it reads
+    decisions on the host). ``foreach=True`` (the default, ``None``, on CPU and CUDA) runs the
+    fast path, which never synchronises host and device during ``step`` and is compiled with
+    ``torch.compile`` where available (the first step compiles two small kernels per dtype,
+    seconds to a minute on a CPU; set ``HVADAM_COMPILE=0`` to stay eager).
+
+    Group-level state lives in ``param_group["hv_state"]`` (so ``state_dict()`` carries it):
+    ``flag`` (restart pending), ``e`` (cosine average), ``n`` (its count), and for diagnostics
+    ``restarts`` (restarts triggered), ``skips`` (steps skipped for ``|δ| > 1`` or
+    ``VV*MM == 0``) and ``hv_step`` (the last b).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-16,
+        gamma: float = 0.0,
+        adaptivity: float = 1.0,
+        restart_threshold: float = 0.1,
+        hv_step_range: tuple[float, float] = (1e-3, 1e3),
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas) if isinstance(betas, list) else betas,
+            "eps": eps,
+            "gamma": gamma,
+            "adaptivity": adaptivity,
+            "restart_threshold": restart_threshold,
+            "hv_step_range": (
+                tuple(hv_step_range) if isinstance(hv_step_range, list) else hv_step_range
+            ),
+            "weight_decay": weight_decay,
+            "decoupled_weight_decay": decoupled_weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+        }
+        _check_hyperparameters(defaults)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        _check_hyperparameters(self.param_groups[-1])
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # Keep every scalar on its parameters' device so the fast path never crosses devices.
+        for group in self.param_groups:
+            params = group["params"]
+            for param in params:
+                state = self.state.get(param)
+                if state and "step" in state:
+                    state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
+            gs = group.get("hv_state")
+            if gs is not None and params:
+                device = params[0].device
+                group["hv_state"] = {name: t.to(device) for name, t in gs.items()}
+
+    def _group_state(self, group: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+        gs = group.get("hv_state")
+        if gs is None:
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            gs = {
+                "flag": torch.ones((), dtype=torch.bool, device=device),
+                "e": torch.zeros((), dtype=dtype, device=device),
+                "n": torch.zeros((), dtype=dtype, device=device),
+                "restarts": torch.zeros((), dtype=dtype, device=device),
+                "hv_step": torch.zeros((), dtype=dtype, device=device),
+                "skips": torch.zeros((), dtype=dtype, device=device),
+            }
+            group["hv_state"] = gs
+        return gs
+
+    def _items(self, group: dict[str, Any]) -> list[tuple[Tensor, Tensor, dict[str, Any]]]:
+        items = []
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            grad = param.grad
+            if grad.is_sparse:
+                raise SparseGradientError(
+                    "HVAdam does not support sparse gradients; use a dense gradient"
+                )
+            state = self.state[param]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_var"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["hidden"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if group["amsgrad"] and "max_exp_avg_var" not in state:
+                state["max_exp_avg_var"] = torch.zeros_like(
+                    param, memory_format=torch.preserve_format
+                )
+            items.append((param, grad, state))
+        return items
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform one optimisation step; `closure` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            items = self._items(group)
+            if not items:
+                continue
+            gs = self._group_state(group, items[0][0].device)
+            if group["foreach"] is False:
+                _reference_group_step(group, items, gs)
+            else:
+                _fast_group_step(group, items, gs)
+        return loss
+
+    def internals(self) -> dict[str, float]:
+        """Diagnostics (synchronises; call between epochs, not inside step).
+
+        ``restarts``: restarts triggered so far, summed over groups; ``hv_step``: the last
+        hidden-vector step multiplier b, mean over groups; ``cosine_avg``: the bias-corrected
+        average cosine e/(1-β2^n) (0 before any), mean over groups.
+        """
+        restarts, hv_steps, cosines = 0.0, [], []
+        for group in self.param_groups:
+            gs = group.get("hv_state")
+            if gs is None:
+                hv_steps.append(0.0)
+                cosines.append(0.0)
+                continue
+            restarts += float(gs["restarts"])
+            hv_steps.append(float(gs["hv_step"]))
+            n = float(gs["n"])
+            beta2 = group["betas"][1]
+            cosines.append(float(gs["e"]) / (1.0 - beta2**n) if n > 0 else 0.0)
+        count = max(len(hv_steps), 1)
+        return {
+            "restarts": restarts,
+            "hv_step": sum(hv_steps) / count,
+            "cosine_avg": sum(cosines) / count,
+        }
