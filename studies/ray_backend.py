@@ -70,7 +70,13 @@ __all__ = [
 ]
 
 # What the project needs from Ray on every node (see the module docstring).
-RAY_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+RAY_ENV = {
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    # Results live in the campaign database; Tune's per-trial CSV/JSON/TensorBoard files and
+    # its warnings about them are not needed.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
 RAY_DEFAULT_ENV = {"RAY_AUTH_MODE": "disabled"}
 # Where Ray Tune keeps experiment state; a shared directory is needed for PBT on many nodes.
 RAY_STORAGE_ENV = "HVADAM_RAY_STORAGE"
@@ -91,6 +97,10 @@ def _set_ray_env() -> None:
     os.environ.update(RAY_ENV)
     # Tune's console tables would interleave with the project's own progress lines.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    import logging
+
+    for name in ("ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager
@@ -917,7 +927,8 @@ def _search(
             # A trial's final report (its outcome) ends it before any scheduler decision.
             stop=_stop_on_outcome,
             callbacks=[_poll_callback(poll)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # PBT copies the latest checkpoint of a top trial; keep a few for it.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
         ),
     )
     tuner.fit()
