@@ -37,16 +37,19 @@ import tempfile
 import time
 import traceback as tb_module
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from studies.execution import Execution
 from studies.results import ResultsDB, RunRow
 from studies.runner import (
+    MAX_RETRY,
     TRACEBACK_ATTR_LIMIT,
     CampaignError,
     Event,
@@ -95,6 +98,9 @@ def _set_ray_env() -> None:
     for key, value in RAY_DEFAULT_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.update(RAY_ENV)
+    # Ctrl-C interrupts the command (trials left running are failed and retried by the next
+    # run), instead of Tune's graceful stop, which would go on to the confirm phase.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # Tune's console tables would interleave with the project's own progress lines.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     import logging
@@ -170,8 +176,10 @@ def _study_searcher_class() -> type:
             scheduler: str,
             direction: str,
             sampler_seed: int,
+            scheduler_stops: set[str],
         ) -> None:
             self.spec = spec
+            self.scheduler_stops = scheduler_stops  # Ray trial ids the scheduler stopped
             self.label = label
             self.storage_url = storage
             self.scheduler_name = scheduler
@@ -209,9 +217,10 @@ def _study_searcher_class() -> type:
 
         def on_trial_complete(
             self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
-        ) -> None:
+        ) -> bool:
+            """Record how the trial ended; True when it was queued again (a retry)."""
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
+                return False
             trial = self._ot_trials[trial_id]
             result = result or {}
             status = result.get("hvadam_status")
@@ -223,12 +232,30 @@ def _study_searcher_class() -> type:
                 state = TrialState.PRUNED  # the trial set its own reason attrs
             elif status == "failed":
                 state = TrialState.FAIL
-            elif error or not result:
+            elif error or not result or trial_id not in self.scheduler_stops:
+                # Lost (its Ray worker died) or ended by Tune itself, not by the scheduler:
+                # failed and queued again, as the Optuna backend does with a lost worker.
                 reason = "the Ray trial ended with an error (its worker died?)"
                 if not result:
                     reason = "the Ray trial was removed before it reported"
+                elif not error:
+                    reason = "the Ray trial was ended before its outcome (interrupted)"
                 trial.set_user_attr("fail_reason", reason)
-                self._finish_row(result, "failed", reason)
+                retried = len(trial.system_attrs.get("retry_history", [])) < MAX_RETRY
+                self._finish_row(
+                    result,
+                    "failed",
+                    reason + ("; the trial is retried" if retried else "; retries exhausted"),
+                )
+                with_retries(lambda: self._ot_study.tell(trial, None, state=TrialState.FAIL))
+                self._completed_trials.add(trial_id)
+                if retried:
+                    frozen = self._ot_study._storage.get_trial(trial._trial_id)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+                    retry(self._ot_study, frozen)
+                return retried
             else:
                 state = TrialState.PRUNED
                 epoch = int(result.get("hvadam_epoch", 0))
@@ -247,6 +274,7 @@ def _study_searcher_class() -> type:
                 self._finish_row(result, "stopped", reason)
             with_retries(lambda: self._ot_study.tell(trial, values, state=state))
             self._completed_trials.add(trial_id)
+            return False
 
         def _finish_row(self, result: dict[str, Any], status: str, reason: str) -> None:
             run_id = result.get("hvadam_run_id")
@@ -331,7 +359,8 @@ def _campaign_searcher_class() -> type:
             label = self.labels.pop(trial_id, None)
             if label is None:
                 return  # a confirm trial
-            self.subs[label].on_trial_complete(trial_id, result, error)
+            if self.subs[label].on_trial_complete(trial_id, result, error):
+                self.asks[label] += 1  # the retry (queued in the study) still has to run
             self.running[label] -= 1
             if not self.asks[label] and not self.running[label]:
                 self.confirm_queue.extend([label] * self.confirm_seeds)
@@ -383,11 +412,12 @@ def _scheduler_class() -> type:
         with trials of the same optimizer, and PBT never copies one optimizer's state into
         another's trial."""
 
-        def __init__(self, subs: dict[str, Any]) -> None:
+        def __init__(self, subs: dict[str, Any], stops: set[str]) -> None:
             from ray.tune.schedulers import FIFOScheduler
 
             super().__init__()
             self.subs = subs
+            self.stops = stops  # trial ids this scheduler stopped (shared with the searcher)
             self.confirm = FIFOScheduler()  # confirm trials: one run each, never stopped
             self._metric = METRIC
             self._turn = 0
@@ -411,7 +441,10 @@ def _scheduler_class() -> type:
 
         def on_trial_result(self, controller: Any, trial: Any, result: dict[str, Any]) -> str:
             sub, view = self._sub(controller, trial)
-            return sub.on_trial_result(view, trial, result)
+            decision = sub.on_trial_result(view, trial, result)
+            if decision == TrialScheduler.STOP:
+                self.stops.add(trial.trial_id)
+            return decision
 
         def on_trial_complete(self, controller: Any, trial: Any, result: dict[str, Any]) -> None:
             sub, view = self._sub(controller, trial)
@@ -820,7 +853,9 @@ def run_campaign_ray(
         execution = execution.with_changes(max_concurrent=workers)
     prepare_campaign(spec, config.storage)
     _quiet_optuna()
-    driver = Worker(spec, RunnerConfig(storage=config.storage))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        driver = Worker(spec, RunnerConfig(storage=config.storage))
     with ray_session(address=address, num_cpus=num_cpus) as resources:
         for key, name in (("cpus", "CPU"), ("gpus", "GPU")):
             wanted, have = getattr(execution, key), float(resources.get(name, 0.0))
@@ -890,6 +925,7 @@ def _search(
     mode = "max" if workload.direction == "maximize" else "min"
     study_search = _study_searcher_class()
     subs, schedulers = {}, {}
+    stops: set[str] = set()
     for i, label in enumerate(spec.labels):
         subs[label] = study_search(
             spec=spec,
@@ -898,6 +934,7 @@ def _search(
             scheduler=execution.scheduler,
             direction=workload.direction,
             sampler_seed=(spec.seed * 7919 + i * 104729) % 2**31,
+            scheduler_stops=stops,
         )
         schedulers[label] = _scheduler(
             execution, subs[label].search_space, workload.max_epochs, mode
@@ -915,8 +952,9 @@ def _search(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=_campaign_searcher_class()(subs, asks, used, spec.confirm_seeds),
-            scheduler=_scheduler_class()(schedulers),
-            num_samples=sum(asks.values()) + len(spec.labels) * spec.confirm_seeds,
+            scheduler=_scheduler_class()(schedulers, stops),
+            # The searcher ends the run; the extra room is for retried trials.
+            num_samples=2 * sum(asks.values()) + len(spec.labels) * spec.confirm_seeds,
             max_concurrent_trials=execution.max_concurrent,
             reuse_actors=True,
         ),

@@ -219,6 +219,57 @@ def test_pbt_exploits_are_recorded_and_resume_from_the_copied_state(local_ray, t
     assert list(confirm["trial_number"]) == [best.number]
 
 
+def test_trials_of_an_interrupted_ray_run_are_failed_and_retried_by_the_next_run(
+    local_ray, tmp_path
+):
+    from studies.ray_backend import run_campaign_ray
+    from studies.results import ResultsDB
+    from studies.runner import campaign_complete, prepare_campaign
+
+    data = {
+        "name": "resume",
+        "workload": {"name": "valley2d", "options": {"steps": 10, "report_every": 5}},
+        "optimizers": ["adam"],
+        "budget": {"trials": 3},
+        "sampler": "random",
+        "confirm": {"seeds": 1},
+        "device": "cpu",
+    }
+    spec = load_spec(write_spec(tmp_path, data))
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    prepare_campaign(spec, url)
+    # What a killed Ray driver leaves behind: trial 0 running, its run row running.
+    s = study(url, "resume/adam")
+    lost = s.ask()
+    spec.entry("adam").load_space().suggest(lost)  # as the searcher does before the trial runs
+    lost.set_user_attr("backend", "ray")
+    lost.set_user_attr("seed", search_seed(spec.seed, lost.number))
+    ResultsDB(url).start_run(
+        campaign="resume",
+        study="resume/adam",
+        optimizer="adam",
+        trial_number=lost.number,
+        phase="search",
+        seed=search_seed(spec.seed, lost.number),
+        device="cpu",
+        hyperparameters={},
+    )
+    run_campaign_ray(spec, RunnerConfig(storage=url))
+    assert campaign_complete(spec, url)
+    trials = study(url, "resume/adam").get_trials()
+    first = trials[lost.number]
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"]
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == first.params
+    assert retries[0].user_attrs["seed"] == first.user_attrs["seed"]
+    counted = [t for t in trials if "failed_trial" not in t.system_attrs]
+    assert len(counted) == 3
+    runs = runs_frame(url, "resume")
+    old = runs[(runs["trial_number"] == lost.number) & (runs["status"] == "failed")]
+    assert len(old) == 1 and old["reason"].iloc[0].startswith("interrupted Ray run")
+
+
 def test_cli_joins_a_running_ray_and_never_prints_the_storage_password(
     local_ray, postgres_url, tmp_path
 ):
