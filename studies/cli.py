@@ -321,6 +321,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from studies.results import compare_frame
 
     url = _storage(args)
+    # HVAdam and Anon compile their update with torch.compile; for the demo's tiny CPU models
+    # the compilation costs more than it saves (about half the demo's time), so the demo runs
+    # them eagerly unless the user chose otherwise. Set before hvadam is first imported.
+    os.environ.setdefault("HVADAM_COMPILE", "0")
     if args.threads is None:
         # The demo's models are tiny: one thread per worker is fastest (and far more robust on
         # a busy machine, where threads of one process wait on each other).
