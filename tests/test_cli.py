@@ -163,6 +163,7 @@ def test_postgres_password_never_appears_in_output_or_database(
 def test_demo_runs_both_shipped_campaigns_and_prints_their_tables(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HVADAM_STORAGE", raising=False)
+    monkeypatch.setenv("HVADAM_COMPILE", "0")  # what the demo sets; restored afterwards
     assert main(["demo", "--trials", "2", "--seeds", "1"]) == 0
     out = capsys.readouterr().out
     assert "== digits-t2s1: digits-mlp" in out and "== valley2d-t2s1: valley2d" in out
