@@ -60,8 +60,11 @@ class Anon(Optimizer):
     multi-tensor :func:`anon_foreach`; ``None`` (default) picks the fastest: on CPU, buckets of at
     least ``COMPILE_MIN_NUMEL`` elements run a ``torch.compile``'d step that fuses the moment and
     parameter updates into one pass (compiled once per parameter layout; refresh steps of the
-    doubling schedule run eagerly), everything else runs :func:`anon_foreach`. If compiling fails
-    the optimizer warns once and stays on the eager path.
+    doubling schedule run eagerly), everything else runs :func:`anon_foreach`. Compiling takes
+    seconds (tens of seconds for a large model on a busy CPU; the first compile on a machine
+    longer), once per process and layout. If compiling fails the optimizer warns once and stays on
+    the eager path; ``HVADAM_COMPILE=0`` in the environment turns compiling off. On other devices
+    (CUDA) the default is the eager multi-tensor path, which never synchronises with the host.
     """
 
     def __init__(
@@ -398,9 +401,10 @@ def _anon_compiled(
 ) -> None:
     compiled = _compile_state.get("fn")
     if compiled is None:
-        compiled = _compile_state["fn"] = torch.compile(
-            _fused_update, fullgraph=True, dynamic=False
-        )
+        # Symbolic sizes make the per-tensor kernels identical, so inductor emits (and the C++
+        # compiler builds) a few kernels instead of one per parameter, and the graph serves any
+        # layout with the same number of tensors.
+        compiled = _compile_state["fn"] = torch.compile(_fused_update, fullgraph=True, dynamic=True)
     values = [
         -lr / (1 - beta1**step),
         1 - beta1,
