@@ -147,14 +147,18 @@ def _run(args: argparse.Namespace, spec: Any, url: str, *, workers: int, quiet: 
         for event in events_from_rows(db.finished_runs(spec.name, progress.last_id)):
             progress(event)
 
+    from studies.ray_cli import backend_runner
+
+    run, backend = backend_runner(args, spec, run_campaign)  # --backend optuna|ray
     try:
-        run_campaign(
+        run(
             spec,
             _runner_config(args, url),
             workers=workers,
             spec_arg=spec.source,
             on_event=progress,
             poll=poll,
+            **backend,
         )
     finally:
         progress.close()
@@ -321,6 +325,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from studies.results import compare_frame
 
     url = _storage(args)
+    # HVAdam and Anon compile their update with torch.compile; for the demo's tiny CPU models
+    # the compilation costs more than it saves (about half the demo's time), so the demo runs
+    # them eagerly unless the user chose otherwise. Set before hvadam is first imported.
+    os.environ.setdefault("HVADAM_COMPILE", "0")
     if args.threads is None:
         # The demo's models are tiny: one thread per worker is fastest (and far more robust on
         # a busy machine, where threads of one process wait on each other).
@@ -392,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--data-dir", help="sets HVADAM_DATA_DIR, used by the data-backed specs")
     _add_run_options(p)
+    from studies.ray_cli import add_backend_options
+
+    add_backend_options(p)
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("worker", help="join a running campaign from another shell or node")
@@ -401,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="sets HVADAM_DATA_DIR, used by the data-backed specs")
     _add_run_options(p)
     p.set_defaults(func=cmd_worker)
+
+    from studies.ray_cli import add_cluster_parser
+
+    add_cluster_parser(sub)
 
     p = sub.add_parser("status", help="progress per optimizer and phase")
     p.add_argument("campaign", nargs="?")

@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 PHASES = ("search", "confirm")
-STATUSES = ("running", "complete", "pruned", "failed")
+# `stopped`: ended early by a Ray Tune scheduler (ASHA, PBT); never a full-budget result.
+STATUSES = ("running", "complete", "pruned", "failed", "stopped")
 
 
 class CampaignConflict(ValueError):
@@ -686,7 +687,7 @@ def compare_frame(storage: str | None, campaign: str) -> pd.DataFrame:
                 else math.nan,
                 "confirm_seeds": len(confirm_values),
                 "trials_complete": int((search["status"] == "complete").sum()),
-                "trials_pruned": int((search["status"] == "pruned").sum()),
+                "trials_pruned": int(search["status"].isin(("pruned", "stopped")).sum()),
                 "trials_failed": int((search["status"] == "failed").sum()),
                 "compute_time": float(mine["wall_time"].fillna(0.0).sum()),
             }

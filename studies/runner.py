@@ -266,6 +266,9 @@ class Worker:
     on_event: Callable[[Event], None] | None = None
     on_idle: Callable[[], None] | None = None
     _events: list[Event] = field(default_factory=list, init=False)
+    # Seconds between curve writes of a running trial (the Ray backend writes every epoch,
+    # since a scheduler may stop a trial at any report).
+    curve_flush_interval: float = field(default=5.0, init=False)
 
     def __post_init__(self) -> None:
         _quiet_optuna()
@@ -528,8 +531,12 @@ class Worker:
         run_id: int,
         on_report: Callable[[Any], None] | None,
         outcome: _Outcome,
+        run_options: dict[str, Any] | None = None,
     ) -> None:
-        """Run the workload once, streaming its curves to the database in batches."""
+        """Run the workload once, streaming its curves to the database in batches.
+
+        `run_options` go to `Workload.run` as extra keywords (the Ray backend's `resume`).
+        """
         import hvadam
 
         buffer: list[tuple[int, str, float]] = []
@@ -545,7 +552,7 @@ class Worker:
         def on_epoch(rep: Any) -> None:
             buffer.extend((rep.epoch, name, value) for name, value in rep.metrics.items())
             # Long runs stream curves (a live dashboard sees them); short ones write once.
-            if time.monotonic() - last_flush > 5.0:
+            if time.monotonic() - last_flush > self.curve_flush_interval:
                 flush()
             if on_report is not None:
                 on_report(rep)
@@ -556,7 +563,11 @@ class Worker:
         start = time.perf_counter()
         try:
             outcome.result = self.workload.run(
-                make_optimizer, seed=seed, device=self.device, on_epoch=on_epoch
+                make_optimizer,
+                seed=seed,
+                device=self.device,
+                on_epoch=on_epoch,
+                **(run_options or {}),
             )
         finally:
             outcome.wall_time = time.perf_counter() - start

@@ -54,6 +54,10 @@ TOP_KEYS = (
     "confirm",
     "seed",
     "device",
+    # execution settings (studies/execution.py): not part of the spec hash
+    "resources",
+    "max_concurrent",
+    "ray",
 )
 REQUIRED = ("name", "workload", "optimizers", "budget")
 BUDGET_KEYS = ("trials", "max_epochs")
@@ -98,6 +102,8 @@ class CampaignSpec:
     device: str
     description: str = ""
     source: str = "<dict>"
+    # Resources per trial, concurrency, Ray scheduler (studies/execution.py); not hashed.
+    execution: Any = None
 
     def normalized(self) -> dict[str, Any]:
         """The spec with every default filled in, in one canonical form (what the hash covers)."""
@@ -334,7 +340,11 @@ def parse_spec(
     if not isinstance(device, str) or not DEVICE_RE.match(device):
         raise fail("device", f"must be one of auto, cpu, cuda, cuda:N, mps; got {device!r}")
 
+    from studies.execution import parse_execution
+
+    execution = parse_execution(data, fail)
     return CampaignSpec(
+        execution=execution,
         name=name,
         workload=workload,
         workload_options=options,

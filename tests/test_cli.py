@@ -163,6 +163,7 @@ def test_postgres_password_never_appears_in_output_or_database(
 def test_demo_runs_both_shipped_campaigns_and_prints_their_tables(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HVADAM_STORAGE", raising=False)
+    monkeypatch.setenv("HVADAM_COMPILE", "0")  # what the demo sets; restored afterwards
     assert main(["demo", "--trials", "2", "--seeds", "1"]) == 0
     out = capsys.readouterr().out
     assert "== digits-t2s1: digits-mlp" in out and "== valley2d-t2s1: valley2d" in out
@@ -176,3 +177,28 @@ def test_demo_runs_both_shipped_campaigns_and_prints_their_tables(tmp_path, caps
         runs = runs_frame(url, campaign)
         assert len(runs) == 6 * 3 and (runs["status"] != "running").all()
         assert runs.groupby("optimizer").size().eq(3).all()  # 2 search + 1 confirm each
+
+
+def test_progress_draws_a_bar_per_optimizer_on_a_terminal(tmp_path):
+    import io
+
+    from studies.progress import Progress
+    from studies.runner import Event
+    from studies.spec import load_spec
+
+    spec = load_spec(tiny_spec(tmp_path))
+    stream = io.StringIO()
+    progress = Progress(
+        spec, metric="function_value", direction="minimize", stream=stream, tty=True
+    )
+    progress.start([Event("sgd", "search", "complete", 3.0, 0, 1, 0.1, run_id=1)])
+    progress(Event("hvadam", "search", "complete", 2.5, 0, 1, 0.1, run_id=2))
+    progress(Event("hvadam", "search", "pruned", None, 1, 2, 0.1, "diverged", run_id=3))
+    progress(Event("hvadam", "confirm", "complete", 2.0, 0, 9, 0.1, run_id=4))
+    progress(Event("hvadam", "confirm", "complete", 2.0, 0, 9, 0.1, run_id=4))  # seen: ignored
+    progress.close()
+    text = stream.getvalue()
+    assert "best function_value=2.5 | confirm" in text  # 2/2 search done: confirming
+    assert "best function_value=3 | search" in text  # sgd: 1 of 2 search trials
+    assert "3/4" in text  # hvadam: 2 search + 1 confirm of 2 + 2
+    assert progress.phase("hvadam") == "confirm" and progress.state["hvadam"].confirm == 1

@@ -28,6 +28,7 @@ __all__ = [
     "OptionError",
     "RunResult",
     "Workload",
+    "restore_optimizer",
 ]
 
 
@@ -64,6 +65,9 @@ class EpochReport:
     epoch: int
     value: float
     metrics: dict[str, float]
+    # Workloads with `supports_checkpoints`: the training state after this epoch (model,
+    # optimizer, random generators, progress), built only when called, during `on_epoch`.
+    state: Callable[[], dict[str, Any]] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -191,6 +195,10 @@ class Workload:
     metric: ClassVar[str]
     direction: ClassVar[str]  # "minimize" | "maximize"
     unit: ClassVar[str] = "epoch"  # "epoch" | "step"
+    # Optional checkpoint hook (used by Population Based Training): such a workload passes
+    # `EpochReport.state` and accepts `run(..., resume=state)`, continuing after the saved
+    # epoch with the optimizer the caller built (see `restore_optimizer`).
+    supports_checkpoints: ClassVar[bool] = False
     OPTIONS: ClassVar[dict[str, Option]] = {}
     max_epochs: int
     options: dict[str, Any]
@@ -323,7 +331,23 @@ class Stopwatch:
 
 
 def report(
-    on_epoch: OnEpoch | None, epoch: int, value: float, metrics: Mapping[str, float]
+    on_epoch: OnEpoch | None,
+    epoch: int,
+    value: float,
+    metrics: Mapping[str, float],
+    state: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     if on_epoch is not None:
-        on_epoch(EpochReport(epoch=epoch, value=float(value), metrics=dict(metrics)))
+        on_epoch(EpochReport(epoch=epoch, value=float(value), metrics=dict(metrics), state=state))
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Load a saved optimizer state but keep the hyperparameters `optimizer` was built with.
+
+    `load_state_dict` also restores the saved param-group hyperparameters; a resumed run that
+    was given new ones (Population Based Training's explore step) must train with those.
+    """
+    current = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(dict(state))
+    for group, hyperparameters in zip(optimizer.param_groups, current, strict=True):
+        group.update(hyperparameters)

@@ -11,7 +11,8 @@ of the final model is in the final metrics.
 from __future__ import annotations
 
 import functools
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from studies.workloads._base import (
     epoch_metrics,
     report,
     resolve_device,
+    restore_optimizer,
     seed_everything,
 )
 
@@ -94,6 +96,7 @@ class Digits(Workload):
     metric = "val_accuracy"
     direction = "maximize"
     unit = "epoch"
+    supports_checkpoints = True
     OPTIONS: ClassVar[dict[str, Option]] = {
         "model": Option("mlp", "str", "network", choices=("mlp", "cnn")),
         "epochs": Option(None, "int", "training epochs (null: 20 for mlp, 15 for cnn)", low=1, nullable=True),
@@ -124,6 +127,7 @@ class Digits(Workload):
         seed: int,
         device: str = "cpu",
         on_epoch: OnEpoch | None = None,
+        resume: Mapping[str, Any] | None = None,
     ) -> RunResult:
         seed_everything(seed)
         dev = resolve_device(device)
@@ -141,8 +145,16 @@ class Digits(Workload):
         order = torch.Generator().manual_seed(int(seed))
         n, bs = len(y_train), o["batch_size"]
 
-        best, value = -1.0, 0.0
-        for epoch in range(1, self.max_epochs + 1):
+        best, value, train_loss, start = -1.0, 0.0, float("nan"), 1
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            restore_optimizer(optimizer, resume["optimizer"])
+            order.set_state(resume["order"])
+            torch.set_rng_state(resume["rng"])
+            best, value, train_loss = resume["best"], resume["value"], resume["train_loss"]
+            start = int(resume["epoch"]) + 1
+
+        for epoch in range(start, self.max_epochs + 1):
             model.train()
             perm = torch.randperm(n, generator=order).to(dev)
             total = torch.zeros((), device=dev)
@@ -167,7 +179,25 @@ class Digits(Workload):
                 step_time=watch.total / steps,
                 val_accuracy=value,
             )
-            report(on_epoch, epoch, value, metrics)
+
+            def state(
+                epoch: int = epoch,
+                value: float = value,
+                best: float = best,
+                loss: float = train_loss,
+            ) -> dict[str, Any]:
+                return {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "order": order.get_state(),
+                    "rng": torch.get_rng_state(),
+                    "best": best,
+                    "value": value,
+                    "train_loss": loss,
+                }
+
+            report(on_epoch, epoch, value, metrics, state)
 
         final = {
             "val_accuracy": value,
