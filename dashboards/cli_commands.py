@@ -24,18 +24,16 @@ def serve_dashboard(
     storage: str | None = None, *, host: str = "127.0.0.1", port: int = 8080
 ) -> None:
     """Serve optuna-dashboard on the campaign storage until Ctrl-C."""
-    from studies.storage import resolve_storage_url
-
     from dashboards.server import serve_dashboard as serve
+    from studies.storage import resolve_storage_url
 
     serve(resolve_storage_url(storage), host=host, port=port)
 
 
 def write_report(storage: str | None, campaign: str, out_dir: str) -> Any:
     """Write `<out_dir>/report.html` and the PNG figures; returns the `Report`."""
-    from studies.storage import resolve_storage_url
-
     from dashboards.report import write_report as write
+    from studies.storage import resolve_storage_url
 
     return write(resolve_storage_url(storage), campaign, out_dir)
 
@@ -49,9 +47,8 @@ def export_configs(
     fmt: str | None = None,
 ) -> list[Any]:
     """Write (or print, without `output`) the best config of each optimizer."""
-    from studies.storage import resolve_storage_url
-
     from dashboards.export import export_configs as export
+    from studies.storage import resolve_storage_url
 
     return export(
         resolve_storage_url(storage), campaign, optimizer=optimizer, output=output, fmt=fmt

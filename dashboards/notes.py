@@ -118,6 +118,7 @@ def annotate_studies(storage: str, campaign: str) -> list[str]:
     """Write the note of every Optuna study of `campaign`; returns the study names annotated."""
     import optuna
     from optuna_dashboard import save_note
+
     from studies.storage import optuna_storage
 
     attrs = study_attrs(storage, campaign)

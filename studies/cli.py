@@ -134,7 +134,7 @@ def _load_spec(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace, spec: Any, url: str, *, workers: int, quiet: bool) -> None:
-    from studies.progress import Progress, events_from_rows
+    from studies.progress import Poller, Progress, events_from_rows
     from studies.results import ResultsDB
     from studies.runner import prepare_campaign, run_campaign
 
@@ -143,9 +143,7 @@ def _run(args: argparse.Namespace, spec: Any, url: str, *, workers: int, quiet: 
     progress = Progress(spec, metric=info["metric"], direction=info["direction"], quiet=quiet)
     progress.start(events_from_rows(db.finished_runs(spec.name)))
 
-    def poll() -> None:
-        for event in events_from_rows(db.finished_runs(spec.name, progress.last_id)):
-            progress(event)
+    poll = Poller(db, spec.name, progress)
 
     from studies.ray_cli import backend_runner
 
@@ -162,6 +160,28 @@ def _run(args: argparse.Namespace, spec: Any, url: str, *, workers: int, quiet: 
         )
     finally:
         progress.close()
+    for hook in _plugins("hvadam.campaign_finished"):
+        try:
+            hook(url, spec.name)
+        except Exception as exc:  # a hook's failure never undoes a finished campaign
+            print(f"hvadam: warning: {hook.__module__}.{hook.__name__}: {exc}", file=sys.stderr)
+
+
+def _plugins(group: str) -> list[Any]:
+    """What packages downstream of `studies` add to the command line, found by entry point.
+
+    `dashboards` registers its commands (`dashboard`, `report`, `export`) and a hook that
+    writes the studies' notes when a campaign finishes, so `studies` never imports it.
+    """
+    from importlib.metadata import entry_points
+
+    found = []
+    for entry in sorted(entry_points(group=group), key=lambda e: e.name):
+        try:
+            found.append(entry.load())
+        except ImportError:  # its optional dependencies are not installed
+            continue
+    return found
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -441,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="confirm seeds (default: the specs')")
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)
+
+    for add_commands in _plugins("hvadam.commands"):
+        add_commands(sub)
     return parser
 
 

@@ -169,3 +169,24 @@ def events_from_rows(rows: list[dict[str, Any]]) -> list[Event]:
         )
         for r in rows
     ]
+
+
+class Poller:
+    """Feeds a progress display the runs that finished since the last call.
+
+    Runs finish out of id order when several workers run at once: each call reads from the
+    floor below which every run had finished at the previous call, and the display drops the
+    runs it has already counted.
+    """
+
+    def __init__(self, db: Any, campaign: str, progress: Progress) -> None:
+        self.db = db
+        self.campaign = campaign
+        self.progress = progress
+        self.cursor = 0
+
+    def __call__(self) -> None:
+        floor = self.db.unfinished_floor(self.campaign)  # read first: later finishers come below
+        for event in events_from_rows(self.db.finished_runs(self.campaign, self.cursor)):
+            self.progress(event)
+        self.cursor = floor

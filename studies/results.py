@@ -499,6 +499,23 @@ class ResultsDB:
             ).all()
         return [dict(r._mapping) for r in rows]
 
+    def unfinished_floor(self, campaign: str) -> int:
+        """The largest id below which every run of `campaign` has finished.
+
+        Runs finish out of id order when several workers run at once, so a progress display
+        polls from this floor (and drops the runs it has seen), not from the last id it saw.
+        """
+        with self.engine.connect() as conn:
+            running, last = conn.execute(
+                sa.select(
+                    sa.func.min(RunRow.id).filter(RunRow.status == "running"),
+                    sa.func.max(RunRow.id),
+                ).where(RunRow.campaign == campaign)
+            ).one()
+        if running is not None:
+            return int(running) - 1
+        return 0 if last is None else int(last)
+
     def finished_runs(self, campaign: str, after_id: int = 0) -> list[dict[str, Any]]:
         """Finished runs with id > after_id (what a progress display polls)."""
         with self.engine.connect() as conn:

@@ -110,3 +110,30 @@ def test_dashboard_shows_a_real_campaigns_studies_and_note_in_chromium(
     for path in (shot, study_shot):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         _keep(path, path.name)
+
+
+def test_tune_writes_the_study_notes_through_the_dashboards_hook(tmp_path):
+    """`hvadam tune` (studies) finds the dashboards' notes hook by entry point, not by import."""
+    import optuna
+    import yaml
+    from optuna_dashboard import get_note
+
+    from studies.cli import main
+
+    spec = {
+        "name": "noted",
+        "workload": {"name": "valley2d", "options": {"steps": 10, "report_every": 5}},
+        "optimizers": ["sgd"],
+        "budget": {"trials": 1},
+        "sampler": "random",
+        "pruner": "none",
+        "confirm": {"seeds": 1},
+        "device": "cpu",
+    }
+    path = tmp_path / "noted.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    url = f"sqlite:///{tmp_path / 'noted.db'}"
+    assert main(["tune", str(path), "--storage", url, "--quiet"]) == 0
+    study = optuna.load_study(study_name="noted/sgd", storage=url)
+    note = get_note(study)
+    assert "sgd" in note and "noted" in note

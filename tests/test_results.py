@@ -339,3 +339,34 @@ def test_several_processes_write_to_one_sqlite_file_without_lock_errors(sqlite_u
 def test_library_versions_name_the_libraries_runs_depend_on():
     versions = library_versions()
     assert {"python", "torch", "optuna", "hvadam"} <= set(versions)
+
+
+def test_progress_polling_counts_runs_that_finish_out_of_order(storage_url, tmp_path):
+    import io
+
+    import yaml
+
+    from studies.progress import Poller, Progress
+    from studies.spec import load_spec
+
+    db = _db(storage_url)
+    spec_path = tmp_path / "c1.yaml"
+    spec_path.write_text(
+        yaml.safe_dump(
+            {"name": "c1", "workload": "valley2d", "optimizers": ["adam"], "budget": {"trials": 3}}
+        )
+    )
+    progress = Progress(
+        load_spec(str(spec_path)), metric="loss", direction="minimize", stream=io.StringIO()
+    )
+    poll = Poller(db, "c1", progress)
+    first = _run(db, "adam", "search", 0, 1)  # still running
+    assert db.unfinished_floor("c1") == first - 1
+    second = _run(db, "adam", "search", 1, 2, status="complete", value=2.0)
+    poll()
+    assert progress.state["adam"].search == 1
+    db.finish_run(first, status="complete", value=1.0)  # finishes after a later run
+    assert db.unfinished_floor("c1") == second
+    poll()
+    poll()  # nothing new: nothing counted twice
+    assert progress.state["adam"].search == 2 and progress.state["adam"].best == 1.0
