@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint format bench clean
+.PHONY: venv demo test test-fast lint format bench screenshots clean
 
 venv: $(STAMP)
 
@@ -32,8 +32,17 @@ test: lint
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# CPU benchmarks; each prints ratios against a peer measured in the same run.
 bench: $(STAMP)
-	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/step_time.py --markdown
+	$(PY) benchmarks/trial_overhead.py
+	$(PY) benchmarks/workers_scaling.py
+	$(PY) benchmarks/ray_vs_optuna.py
+	$(PY) benchmarks/report_time.py
+
+# README pictures, from a real small campaign in headless Chromium.
+screenshots: $(STAMP)
+	HVADAM_COMPILE=0 $(PY) -m dashboards.screenshots --out docs/img
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
