@@ -39,12 +39,14 @@ def tune(spec: Path, url: str, workers: int, threads: int, compile_: bool) -> fl
     return seconds
 
 
-def span(url: str, campaign: str) -> float:
-    """Seconds from the first run's start to the last run's end (process start-up excluded)."""
+def span(url: str, campaign: str) -> tuple[float, float, float]:
+    """Seconds from the first run's start to the last run's end (process start-up excluded),
+    the summed run time, and the mean run time."""
     from studies.results import runs_frame
 
     runs = runs_frame(url, campaign)
-    return (runs["finished_at"].max() - runs["started_at"].min()).total_seconds()
+    seconds = (runs["finished_at"].max() - runs["started_at"].min()).total_seconds()
+    return seconds, float(runs["wall_time"].sum()), float(runs["wall_time"].mean())
 
 
 def main() -> None:
@@ -83,13 +85,18 @@ def main() -> None:
         f"trials + {data['confirm']['seeds']} confirm) = {runs} runs; {os.cpu_count()} CPUs, "
         f"{args.threads} thread(s) per worker, torch.compile {'on' if args.compile else 'off'}"
     )
-    print(f"--workers 1 : {one:7.1f} s wall ({span_one:6.1f} s from first run start to last end)")
+    for n, wall, (sp, busy, mean) in ((1, one, span_one), (args.workers, many, span_many)):
+        print(
+            f"--workers {n} : {wall:6.1f} s wall; runs from first start to last end {sp:6.1f} s; "
+            f"workers busy {busy / (n * sp):4.0%} of it; mean run {mean:.2f} s"
+        )
     print(
-        f"--workers {args.workers} : {many:7.1f} s wall ({span_many:6.1f} s from first run start to last end)"
+        f"speed-up: {one / many:.2f}x wall, {span_one[0] / span_many[0]:.2f}x runs span "
+        f"(target >= 1.7x for 2 workers)"
     )
     print(
-        f"speed-up: {one / many:.2f}x wall, {span_one / span_many:.2f}x runs span "
-        f"(target >= 1.7x for 2 workers)"
+        "(a mean run that grows with the workers means they compete for the same cores: the "
+        "speed-up is then bounded by the free cores, not by the runner)"
     )
 
 
