@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hvadam import _cpu_kernel
+
 __all__ = ["HVAdam"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -360,6 +362,9 @@ def _fast_decision(sums: Tensor, hp: Tensor, gs: list[Tensor]) -> Tensor:
 # How the fast path runs: "auto" compiles where torch.compile works (see HVAdam's docstring),
 # "eager" never compiles (HVADAM_COMPILE=0 selects it too).
 _COMPILE_MODE = "eager" if os.environ.get("HVADAM_COMPILE", "1") == "0" else "auto"
+# On a CPU the fast path runs a C++ extension (_cpu_kernel: one call per pass per group) unless
+# HVADAM_CPU_KERNEL=0 or it cannot be built; then the passes above run (compiled or eager).
+_CPU_KERNEL_MODE = "off" if os.environ.get("HVADAM_CPU_KERNEL", "1") == "0" else "auto"
 _compiled: dict[tuple, Callable[..., Any]] = {}
 _compile_broken: set[str] = set()
 _compiled_ok: set[tuple] = set()
@@ -459,6 +464,8 @@ class _GroupCache:
         self.hp_values: tuple[float, ...] | None = None
         self.hp: Tensor | None = None
         self.numel = 0
+        self.kernel_ok = False  # the lists suit the CPU kernel (contiguous, one dtype each)
+        self.bcs: Tensor | None = None
 
     def update(
         self, items: list[tuple[Tensor, Tensor, dict[str, Any]]], amsgrad: bool
@@ -484,6 +491,16 @@ class _GroupCache:
             lists[6].append(state["step"])
         self.keys, self.grad_keys, self.lists = keys, grad_keys, lists
         self.numel = sum(p.numel() for p in lists[0])
+        self.kernel_ok = all(
+            t.device.type == "cpu"
+            and t.is_contiguous()
+            and t.dtype == param.dtype
+            and t.numel() == param.numel()
+            and param.dtype.is_floating_point
+            for i, param in enumerate(lists[0])
+            for t in [lists[j][i] for j in range(6) if lists[j]]
+        ) and all(t.dtype == torch.float32 and t.numel() == 1 for t in lists[6])
+        self.bcs = None
         return lists
 
     def hyperparameters(self, group: dict[str, Any], dtype: torch.dtype, device: Any) -> Tensor:
@@ -506,6 +523,21 @@ def _fast_group_step(
     unit = group["adaptivity"] == 1.0
     params, grads, ms, ss, vs, s_maxs, steps = cache.update(items, amsgrad)
     hp = cache.hyperparameters(group, gs["e"].dtype, device)
+    group_state = [gs["flag"], gs["e"], gs["n"], gs["restarts"], gs["skips"], gs["hv_step"]]
+    if (
+        device.type == "cpu"
+        and _CPU_KERNEL_MODE == "auto"
+        and cache.kernel_ok
+        and hp.dtype == torch.float64
+        and (kernel := _cpu_kernel.load()) is not None
+    ):
+        if cache.bcs is None:
+            cache.bcs = torch.empty(len(params), 2, dtype=torch.float64)
+        sums = kernel.first_pass(
+            params, grads, ms, ss, vs, s_maxs if amsgrad else [], steps, hp, cache.bcs, unit
+        )
+        kernel.hidden_pass(params, ms, vs, cache.bcs, _fast_decision(sums, hp, group_state))
+        return
     compile_ = _COMPILE_MODE == "auto"
     if group["foreach"] is None:
         compile_ = compile_ and (device.type == "cuda" or cache.numel >= _COMPILE_MIN_NUMEL)
@@ -523,7 +555,6 @@ def _fast_group_step(
             s_maxs[i] if amsgrad else None, hp, bc, unit)
         for i, (param, grad, m, s, v, bc) in enumerate(zip(params, grads, ms, ss, vs, bcs, strict=True))
     ]  # fmt: skip
-    group_state = [gs["flag"], gs["e"], gs["n"], gs["restarts"], gs["skips"], gs["hv_step"]]
     decision = _fast_decision(torch.stack(partial).sum(0), hp, group_state)
     for param, m, v, bc in zip(params, ms, vs, bcs, strict=True):
         run(_fast_hidden_update, ("hidden", param.dtype, device.type), param, m, v, bc, decision)
@@ -584,7 +615,11 @@ class HVAdam(torch.optim.Optimizer):
     first step compiles two small kernels per dtype, seconds to a minute on a CPU; set
     ``HVADAM_COMPILE=0`` to stay eager). ``foreach=None`` (the default) runs the fast path,
     compiled on CUDA and for groups of at least 2**20 elements, eagerly for smaller groups on a
-    CPU (where compiling costs more than a small model's whole run saves).
+    CPU (where compiling costs more than a small model's whole run saves). On a CPU both
+    ``foreach=None`` and ``True`` run instead a C++ kernel that does each pass over a whole group
+    in one call (built with ``torch.utils.cpp_extension`` at first use, about a minute, then
+    cached on disk; set ``HVADAM_CPU_KERNEL=0`` to use the passes above; where it cannot be built
+    HVAdam warns once and uses them).
 
     Group-level state lives in ``param_group["hv_state"]`` (so ``state_dict()`` carries it):
     ``flag`` (restart pending), ``e`` (cosine average), ``n`` (its count), and for diagnostics

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from hvadam import _hvadam
+from hvadam import _cpu_kernel, _hvadam
 from hvadam._hvadam import HVAdam
 from hvadam.valley import run_valley
 
@@ -21,6 +21,21 @@ F64 = torch.float64
 def eager_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the fast path's tensor program without torch.compile (same code, no compile time)."""
     monkeypatch.setattr(_hvadam, "_COMPILE_MODE", "eager")
+    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "off")
+
+
+@pytest.fixture
+def cpu_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the fast path through the C++ CPU kernel only: the per-tensor passes must not run."""
+    if _cpu_kernel.load() is None:
+        pytest.skip("the HVAdam CPU kernel cannot be built here (no C++ compiler)")
+
+    def not_expected(*args, **kwargs):
+        raise AssertionError("the per-tensor fast path ran instead of the CPU kernel")
+
+    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "auto")
+    monkeypatch.setattr(_hvadam, "_run_pass", not_expected)
+    monkeypatch.setattr(_hvadam, "_run_eager", not_expected)
 
 
 # --- an independent, literal transcription of ALGORITHMS.md: Python floats, element loops ---
@@ -242,9 +257,12 @@ def test_fast_path_matches_reference_low_precision(
         ("mlp", torch.bfloat16, 0.1),
     ],
 )
-def test_compiled_fast_path_matches_reference(kind: str, dtype: torch.dtype, rtol: float) -> None:
+def test_compiled_fast_path_matches_reference(
+    kind: str, dtype: torch.dtype, rtol: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if _hvadam._COMPILE_MODE != "auto":
         pytest.skip("HVADAM_COMPILE=0")
+    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "off")
     with warnings.catch_warnings(record=True) as log:
         warnings.simplefilter("always")
         _fast_vs_reference(kind, dtype, rtol=rtol)
@@ -521,6 +539,7 @@ def test_default_compiles_large_groups_and_runs_small_ones_eagerly(
         return fn(*args)
 
     monkeypatch.setattr(_hvadam, "_COMPILE_MODE", "auto")
+    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "off")
     monkeypatch.setattr(_hvadam, "_run_pass", recording_run_pass)
     small = torch.zeros(10, requires_grad=True)
     large = torch.zeros(_hvadam._COMPILE_MIN_NUMEL, requires_grad=True)
@@ -531,3 +550,68 @@ def test_default_compiles_large_groups_and_runs_small_ones_eagerly(
     compiled_calls.clear()
     HVAdam([small], foreach=True).step()  # foreach=True compiles whatever the size
     assert [key[0] for key in compiled_calls] == ["first", "hidden"]
+
+
+# --- the C++ CPU kernel (one call per pass per group) against the reference ---
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_cpu_kernel_matches_reference_float64(kind: str, cpu_kernel: None) -> None:
+    # The groups cover restarts, skips, amsgrad, adaptivity 0.7, gamma, maximize, coupled and
+    # decoupled weight decay, and (conv) a parameter without a gradient.
+    _fast_vs_reference(kind, F64, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])
+def test_cpu_kernel_matches_reference_low_precision(
+    dtype: torch.dtype, rtol: float, cpu_kernel: None
+) -> None:
+    _fast_vs_reference("mlp", dtype, rtol=rtol)
+
+
+@pytest.mark.parametrize("adaptivity", [1.0, 1.6])
+def test_cpu_kernel_amsgrad_matches_reference(adaptivity: float, cpu_kernel: None) -> None:
+    models = []
+    for foreach in (False, True):
+        torch.manual_seed(0)
+        model = _mlp().to(F64)
+        dead = torch.zeros(5, dtype=F64, requires_grad=True)
+        opt = HVAdam(
+            model.parameters(), lr=1e-2, amsgrad=True, adaptivity=adaptivity, foreach=foreach
+        )
+        _train("mlp", model, dead, opt, 20)
+        models.append(model)
+    _assert_same(*models, rtol=1e-10)
+
+
+def test_cpu_kernel_large_tensor_matches_reference(cpu_kernel: None) -> None:
+    # Above the kernel's threshold for splitting one tensor's loop over threads.
+    gen = torch.Generator().manual_seed(3)
+    start = torch.randn(1 << 16, generator=gen, dtype=F64)
+    grads = [torch.randn(1 << 16, generator=gen, dtype=F64) for _ in range(6)]
+    results = []
+    for foreach in (False, True):
+        p = start.clone().requires_grad_()
+        opt = HVAdam([p], lr=1e-2, restart_threshold=-1.0, foreach=foreach)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        results.append(p.detach())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-10, atol=1e-12)
+
+
+def test_cpu_kernel_bumps_version_counters(cpu_kernel: None) -> None:
+    p = torch.ones(4, requires_grad=True)
+    p.grad = torch.ones(4)
+    opt = HVAdam([p], foreach=True)
+    before = p._version
+    opt.step()
+    assert p._version > before
+
+
+def test_unbuildable_cpu_kernel_falls_back_to_tensor_passes(
+    monkeypatch: pytest.MonkeyPatch, eager_fast_path: None
+) -> None:
+    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "auto")
+    monkeypatch.setattr(_cpu_kernel, "_state", {"module": None})
+    _fast_vs_reference("mlp", F64, rtol=1e-10)
