@@ -528,6 +528,8 @@ def _fast_group_step(
         device.type == "cpu"
         and _CPU_KERNEL_MODE == "auto"
         and cache.kernel_ok
+        # Like compiling: the one-off build pays off for large groups, or when asked for.
+        and (group["foreach"] is True or cache.numel >= _COMPILE_MIN_NUMEL)
         and hp.dtype == torch.float64
         and (kernel := _cpu_kernel.load()) is not None
     ):
@@ -615,11 +617,12 @@ class HVAdam(torch.optim.Optimizer):
     first step compiles two small kernels per dtype, seconds to a minute on a CPU; set
     ``HVADAM_COMPILE=0`` to stay eager). ``foreach=None`` (the default) runs the fast path,
     compiled on CUDA and for groups of at least 2**20 elements, eagerly for smaller groups on a
-    CPU (where compiling costs more than a small model's whole run saves). On a CPU both
-    ``foreach=None`` and ``True`` run instead a C++ kernel that does each pass over a whole group
-    in one call (built with ``torch.utils.cpp_extension`` at first use, about a minute, then
-    cached on disk; set ``HVADAM_CPU_KERNEL=0`` to use the passes above; where it cannot be built
-    HVAdam warns once and uses them).
+    CPU (where compiling costs more than a small model's whole run saves). On a CPU, where a
+    group would be compiled (``foreach=True``, or ``None`` and at least 2**20 elements), a C++
+    kernel runs instead that does each pass over a whole group in one call (built with
+    ``torch.utils.cpp_extension`` at first use, about a minute, then cached on disk; set
+    ``HVADAM_CPU_KERNEL=0`` to use the passes above; where it cannot be built HVAdam warns once
+    and uses them).
 
     Group-level state lives in ``param_group["hv_state"]`` (so ``state_dict()`` carries it):
     ``flag`` (restart pending), ``e`` (cosine average), ``n`` (its count), and for diagnostics

@@ -615,3 +615,36 @@ def test_unbuildable_cpu_kernel_falls_back_to_tensor_passes(
     monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "auto")
     monkeypatch.setattr(_cpu_kernel, "_state", {"module": None})
     _fast_vs_reference("mlp", F64, rtol=1e-10)
+
+
+def test_cpu_kernel_runs_for_large_groups_by_default_and_small_ones_stay_eager(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if _cpu_kernel.load() is None:
+        pytest.skip("the HVAdam CPU kernel cannot be built here (no C++ compiler)")
+    kernel_groups: list[int] = []
+    real_load = _cpu_kernel.load
+
+    class Recording:
+        def __init__(self, module):
+            self.module = module
+
+        def first_pass(self, params, *args):
+            kernel_groups.append(sum(p.numel() for p in params))
+            return self.module.first_pass(params, *args)
+
+        def hidden_pass(self, *args):
+            return self.module.hidden_pass(*args)
+
+    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "auto")
+    monkeypatch.setattr(_cpu_kernel, "load", lambda: Recording(real_load()))
+    small = torch.zeros(10, dtype=torch.float64, requires_grad=True)
+    large = torch.zeros(_hvadam._COMPILE_MIN_NUMEL, dtype=torch.float64, requires_grad=True)
+    opt = HVAdam([{"params": [small]}, {"params": [large]}])
+    small.grad = torch.ones(10, dtype=torch.float64)
+    large.grad = torch.ones(large.numel(), dtype=torch.float64)
+    opt.step()
+    assert kernel_groups == [large.numel()]  # the small group ran the eager tensor passes
+    kernel_groups.clear()
+    HVAdam([small], foreach=True).step()  # foreach=True takes the kernel whatever the size
+    assert kernel_groups == [10]
