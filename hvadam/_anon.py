@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Callable, Iterable
@@ -11,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from hvadam._checks import check_common, in_range
 
 __all__ = ["Anon", "anon_foreach", "anon_reference"]
 
@@ -191,43 +192,10 @@ def _is_refresh_step(step: int, schedule: str) -> bool:
 
 def _validate(hp: dict[str, Any]) -> None:
     """Raise ValueError naming the hyperparameter and its allowed range."""
-
-    def real(name: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, Tensor) and value.numel() == 1:
-                value = float(value)
-            else:
-                raise ValueError(f"Anon: {name} must be a real number, got {value!r}")
-        return float(value)
-
-    lr = real("lr", hp["lr"])
-    if not 0.0 <= lr < math.inf:
-        raise ValueError(f"Anon: lr must be in [0, inf), got {lr}")
-    betas = hp["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"Anon: betas must be a pair (beta1, beta2), got {betas!r}")
-    for i, beta in enumerate(betas):
-        if not 0.0 <= real(f"betas[{i}]", beta) < 1.0:
-            raise ValueError(f"Anon: betas[{i}] must be in [0, 1), got {beta}")
-    eps = real("eps", hp["eps"])
-    if not 0.0 <= eps < math.inf:
-        raise ValueError(f"Anon: eps must be in [0, inf), got {eps}")
-    adaptivity = real("adaptivity", hp["adaptivity"])
-    if not math.isfinite(adaptivity):
-        raise ValueError(f"Anon: adaptivity must be a finite real number, got {adaptivity}")
-    idu_beta = real("idu_beta", hp["idu_beta"])
-    if not 0.0 <= idu_beta < 1.0:
-        raise ValueError(f"Anon: idu_beta must be in [0, 1), got {idu_beta}")
+    check_common("Anon", hp, flags=("decoupled_weight_decay", "maximize"))
+    in_range("Anon", "idu_beta", hp["idu_beta"], 0.0, 1.0)
     if hp["refresh"] not in REFRESH_SCHEDULES:
         raise ValueError(f"Anon: refresh must be one of {REFRESH_SCHEDULES}, got {hp['refresh']!r}")
-    weight_decay = real("weight_decay", hp["weight_decay"])
-    if not 0.0 <= weight_decay < math.inf:
-        raise ValueError(f"Anon: weight_decay must be in [0, inf), got {weight_decay}")
-    for name in ("decoupled_weight_decay", "maximize"):
-        if not isinstance(hp[name], bool):
-            raise ValueError(f"Anon: {name} must be True or False, got {hp[name]!r}")
-    if hp["foreach"] not in (None, True, False):
-        raise ValueError(f"Anon: foreach must be None, True or False, got {hp['foreach']!r}")
 
 
 def anon_reference(

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from hvadam import _cpu_kernel
+from hvadam._checks import check_common, in_range, real
 
 __all__ = ["HVAdam"]
 
@@ -23,57 +24,22 @@ class SparseGradientError(ValueError, RuntimeError):
     """HVAdam was given a sparse gradient, which it does not support."""
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _check_hyperparameters(group: dict[str, Any]) -> None:
     """Raise ValueError naming the hyperparameter and its allowed range."""
-
-    def number(name: str, value: Any) -> float:
-        if isinstance(value, Tensor) and value.numel() == 1:
-            value = value.item()
-        if not _is_number(value) or math.isnan(value):
-            raise ValueError(f"HVAdam: {name} must be a number (not NaN), got {value!r}")
-        return float(value)
-
-    lr = number("lr", group["lr"])
-    if not 0.0 <= lr < math.inf:
-        raise ValueError(f"HVAdam: lr must be finite and >= 0, got {lr}")
-    betas = group["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"HVAdam: betas must be a pair (beta1, beta2), got {betas!r}")
-    for i, beta in enumerate(betas):
-        beta = number(f"betas[{i}]", beta)
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"HVAdam: betas[{i}] must be in [0, 1), got {beta}")
-    eps = number("eps", group["eps"])
-    if not 0.0 <= eps < math.inf:
-        raise ValueError(f"HVAdam: eps must be finite and >= 0, got {eps}")
-    gamma = number("gamma", group["gamma"])
-    if not 0.0 <= gamma < math.inf:
-        raise ValueError(f"HVAdam: gamma must be finite and >= 0, got {gamma}")
-    adaptivity = number("adaptivity", group["adaptivity"])
-    if not math.isfinite(adaptivity):
-        raise ValueError(f"HVAdam: adaptivity must be a finite number, got {adaptivity}")
-    threshold = number("restart_threshold", group["restart_threshold"])
+    check_common("HVAdam", group, flags=("decoupled_weight_decay", "amsgrad", "maximize"))
+    in_range("HVAdam", "gamma", group["gamma"], 0.0, math.inf)
+    threshold = real("HVAdam", "restart_threshold", group["restart_threshold"])
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"HVAdam: restart_threshold must be in [-1, 1], got {threshold}")
     hv_range = group["hv_step_range"]
     if not isinstance(hv_range, (tuple, list)) or len(hv_range) != 2:
         raise ValueError(f"HVAdam: hv_step_range must be a pair (lo, hi), got {hv_range!r}")
-    lo = number("hv_step_range[0]", hv_range[0])
-    hi = number("hv_step_range[1]", hv_range[1])
+    lo, hi = (real("HVAdam", f"hv_step_range[{i}]", bound) for i, bound in enumerate(hv_range))
+    for i, bound in enumerate((lo, hi)):
+        if math.isnan(bound):
+            raise ValueError(f"HVAdam: hv_step_range[{i}] must be a number, not NaN")
     if not (0.0 < lo < hi < math.inf):
         raise ValueError(f"HVAdam: hv_step_range must satisfy 0 < lo < hi < inf, got ({lo}, {hi})")
-    wd = number("weight_decay", group["weight_decay"])
-    if not 0.0 <= wd < math.inf:
-        raise ValueError(f"HVAdam: weight_decay must be finite and >= 0, got {wd}")
-    for flag in ("decoupled_weight_decay", "amsgrad", "maximize"):
-        if not isinstance(group[flag], bool):
-            raise ValueError(f"HVAdam: {flag} must be True or False, got {group[flag]!r}")
-    if group["foreach"] not in (None, True, False):
-        raise ValueError(f"HVAdam: foreach must be None, True or False, got {group['foreach']!r}")
 
 
 # ----------------------------------------------------------------------------------------------
