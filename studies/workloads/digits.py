@@ -11,7 +11,9 @@ of the final model is in the final metrics.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from studies.workloads._base import (
+    DataNotFoundError,
     MakeOptimizer,
     OnEpoch,
     Option,
@@ -35,36 +38,59 @@ from studies.workloads._base import (
 )
 
 
+def digits_file() -> Path:
+    """scikit-learn's bundled `digits.csv.gz` (1797 rows: 64 pixel values, then the label)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataNotFoundError(
+            "the digits workloads read scikit-learn's bundled digits; install scikit-learn"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise DataNotFoundError(f"scikit-learn's bundled digits are missing: {path}")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 1797 digits as (x float32 [n, 64] with pixel values 0..16, y int64 [n]).
+
+    The same data as `sklearn.datasets.load_digits`, read straight from its CSV file: importing
+    scikit-learn takes about 2 s, more than a whole digits trial.
+    """
+    data = np.loadtxt(digits_file(), delimiter=",", dtype=np.float64)
+    return data[:, :-1].astype(np.float32), data[:, -1].astype(np.int64)
+
+
+def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    """Split the indices of `y` into parts of the given fractions (the first part takes the
+    rest), each with every class in the same proportion up to rounding; sorted indices."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        counts = [round(f * len(members)) for f in fractions]
+        start = 0
+        for part, count in zip(parts[1:], counts, strict=True):
+            part.append(members[start : start + count])
+            start += count
+        parts[0].append(members[start:])
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
 @functools.lru_cache(maxsize=4)
 def load_split(
     split_seed: int, val_fraction: float, test_fraction: float
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The standardised digits split as float32 arrays: {"train"|"val"|"test": (x, y)}."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x = x.astype(np.float32)
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=test_fraction, stratify=y, random_state=split_seed
-    )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest,
-        y_rest,
-        test_size=val_fraction / (1.0 - test_fraction),
-        stratify=y_rest,
-        random_state=split_seed,
-    )
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
+    x, y = load_digits()
+    train, val, test = stratified_split(y, (val_fraction, test_fraction), split_seed)
+    mean = x[train].mean(axis=0)
+    std = x[train].std(axis=0)
     std[std == 0] = 1.0  # border pixels that are always 0 in the training set
     return {
-        name: (((xs - mean) / std).astype(np.float32), ys.astype(np.int64))
-        for name, xs, ys in (
-            ("train", x_train, y_train),
-            ("val", x_val, y_val),
-            ("test", x_test, y_test),
-        )
+        name: (((x[idx] - mean) / std).astype(np.float32), y[idx])
+        for name, idx in (("train", train), ("val", val), ("test", test))
     }
 
 
@@ -119,6 +145,10 @@ class Digits(Workload):
                 f"got {o['val_fraction']} + {o['test_fraction']}"
             )
         self.max_epochs = o["epochs"]
+
+    def prepare(self) -> None:
+        o = self.options
+        load_split(o["split_seed"], o["val_fraction"], o["test_fraction"])
 
     def run(
         self,
