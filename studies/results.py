@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from studies.storage import get_engine, with_retries
+from studies.storage import get_engine, read_connection, with_retries
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -270,14 +270,14 @@ class ResultsDB:
     def campaign(self, name: str) -> dict[str, Any] | None:
         if not self.tables_exist():
             return None
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             row = conn.execute(sa.select(CampaignRow).where(CampaignRow.name == name)).first()
         return None if row is None else dict(row._mapping)
 
     def campaigns(self) -> list[dict[str, Any]]:
         if not self.tables_exist():
             return []
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             rows = conn.execute(sa.select(CampaignRow).order_by(CampaignRow.created_at)).all()
         return [dict(r._mapping) for r in rows]
 
@@ -493,7 +493,7 @@ class ResultsDB:
         return self._update_claim(claim_id, token, status="done", heartbeat_at=time.time())
 
     def claims(self, campaign: str, phase: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             rows = conn.execute(
                 sa.select(ClaimRow).where(ClaimRow.campaign == campaign, ClaimRow.phase == phase)
             ).all()
@@ -505,7 +505,7 @@ class ResultsDB:
         Runs finish out of id order when several workers run at once, so a progress display
         polls from this floor (and drops the runs it has seen), not from the last id it saw.
         """
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             running, last = conn.execute(
                 sa.select(
                     sa.func.min(RunRow.id).filter(RunRow.status == "running"),
@@ -518,7 +518,7 @@ class ResultsDB:
 
     def finished_runs(self, campaign: str, after_id: int = 0) -> list[dict[str, Any]]:
         """Finished runs with id > after_id (what a progress display polls)."""
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             rows = conn.execute(
                 sa.select(
                     RunRow.id,
@@ -617,7 +617,7 @@ def runs_frame(storage: str | None, campaign: str) -> pd.DataFrame:
         .where(RunRow.campaign == campaign)
         .order_by(RunRow.id)
     )
-    with db.engine.connect() as conn:
+    with read_connection(db.engine) as conn:
         rows = [dict(r._mapping) for r in conn.execute(stmt)]
     for row in rows:
         row["run_id"] = row.pop("id")
@@ -655,7 +655,7 @@ def curves_frame(storage: str | None, campaign: str) -> pd.DataFrame:
         .where(RunRow.campaign == campaign)
         .order_by(CurveRow.run_id, CurveRow.epoch, CurveRow.id)
     )
-    with db.engine.connect() as conn:
+    with read_connection(db.engine) as conn:
         rows = [dict(r._mapping) for r in conn.execute(stmt)]
     frame = pd.DataFrame(rows, columns=CURVE_COLUMNS)
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(float)

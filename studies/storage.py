@@ -9,6 +9,7 @@ locked"); PostgreSQL is the choice for many machines.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -17,7 +18,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -31,6 +32,7 @@ __all__ = [
     "CampaignLock",
     "StorageError",
     "check_storage_url",
+    "close_pooled_connections",
     "get_engine",
     "mask_text",
     "mask_url",
@@ -132,12 +134,39 @@ def is_sqlite(url: str) -> bool:
 # ---- engines -----------------------------------------------------------------------------------
 
 
+_reading = threading.local()
+
+
+@contextlib.contextmanager
+def reading() -> Iterator[None]:
+    """Mark the transactions begun inside (in this thread) as read-only.
+
+    On SQLite they begin deferred: in WAL mode a reader neither waits for the writer nor blocks
+    it, so workers' reads (counting trials, a pruner's look at the finished trials) run side by
+    side. Every other transaction begins `IMMEDIATE`. Nothing inside may write.
+    """
+    depth = getattr(_reading, "depth", 0)
+    _reading.depth = depth + 1
+    try:
+        yield
+    finally:
+        _reading.depth = depth
+
+
+@contextlib.contextmanager
+def read_connection(engine: Engine) -> Iterator[sa.Connection]:
+    """`engine.connect()` for statements that only read (see `reading`)."""
+    with reading(), engine.connect() as conn:
+        yield conn
+
+
 def configure_sqlite_engine(engine: Engine) -> None:
     """Make a SQLite engine safe for several writing processes.
 
     WAL lets readers run beside one writer; `BEGIN IMMEDIATE` takes the write lock at the start
-    of every transaction, so a transaction that read first never fails with "database is locked"
-    when it upgrades to writing (a busy timeout does not cover that case).
+    of every transaction that may write, so one that read first never fails with "database is
+    locked" when it upgrades to writing (a busy timeout does not cover that case). Transactions
+    inside `reading()` only read and begin deferred, so they never wait for the lock.
     """
 
     @event.listens_for(engine, "connect")
@@ -151,7 +180,7 @@ def configure_sqlite_engine(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN" if getattr(_reading, "depth", 0) else "BEGIN IMMEDIATE")
 
     # Connections opened before the listeners were attached would miss them.
     engine.dispose()
@@ -163,19 +192,37 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True}
 
 
-@functools.cache
-def _engine(url: str, pid: int) -> Engine:
-    engine = sa.create_engine(url, **engine_kwargs(url))
-    if is_sqlite(url):
-        configure_sqlite_engine(engine)
-    return engine
+_ENGINES: dict[tuple[str, int], Engine] = {}
+_ENGINES_GUARD = threading.Lock()
+_SCHEMA_CHECKED: set[tuple[str, int]] = set()
 
 
 def get_engine(url: str) -> Engine:
     """The process's shared engine for `url` (created once; never one per trial)."""
     check_storage_url(url)
     # Keyed by pid: an engine's pooled connections must not cross a fork.
-    return _engine(url, os.getpid())
+    key = (url, os.getpid())
+    with _ENGINES_GUARD:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = sa.create_engine(url, **engine_kwargs(url))
+            if is_sqlite(url):
+                configure_sqlite_engine(engine)
+            _ENGINES[key] = engine
+    return engine
+
+
+def close_pooled_connections() -> None:
+    """Close every pooled connection of this process's engines (they reconnect when used).
+
+    Called before forking worker processes: a child must not inherit open database
+    connections (SQLite's locking state and a server connection's socket belong to one process).
+    """
+    pid = os.getpid()
+    with _ENGINES_GUARD:
+        engines = [engine for (_, owner), engine in _ENGINES.items() if owner == pid]
+    for engine in engines:
+        engine.dispose()
 
 
 def connect_check(url: str) -> None:
@@ -200,8 +247,6 @@ def optuna_storage(
     create_tables: bool = True,
 ) -> Any:
     """Optuna's RDB storage on `url`, with heartbeats and the SQLite settings for many writers."""
-    import optuna
-
     check_storage_url(url)
     kwargs: dict[str, Any] = {}
     if heartbeat_interval is not None:
@@ -210,12 +255,16 @@ def optuna_storage(
             grace_period=grace_period,
             heartbeat_stale_trial_callback=stale_trial_callback,
         )
+    # Optuna checks the schema version against its migration scripts (~0.25 s): once per
+    # process and database is enough.
+    checked = (url, os.getpid()) in _SCHEMA_CHECKED
     try:
         storage = with_retries(
-            lambda: optuna.storages.RDBStorage(
+            lambda: _rdb_storage_class(is_sqlite(url))(
                 url,
                 engine_kwargs=engine_kwargs(url),
                 skip_table_creation=not create_tables,
+                skip_compatibility_check=checked,
                 **kwargs,
             )
         )
@@ -223,9 +272,66 @@ def optuna_storage(
         raise
     except Exception as exc:
         raise StorageError(f"cannot open storage {mask_url(url)!r}: {_first_line(exc)}") from None
+    _SCHEMA_CHECKED.add((url, os.getpid()))
     if is_sqlite(url):
         configure_sqlite_engine(storage.engine)
     return storage
+
+
+# Optuna's RDBStorage methods that only read: on SQLite they run inside `reading()`.
+_OPTUNA_READS = (
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_all_trials",
+    "_get_trials",
+    "get_best_trial",
+)
+
+
+@functools.cache
+def _rdb_storage_class(sqlite: bool) -> type:
+    """Optuna's RDBStorage; for SQLite, a subclass whose reads begin deferred (`reading`)."""
+    import optuna
+
+    base = optuna.storages.RDBStorage
+    if not sqlite:
+        return base
+
+    def read_only(name: str) -> Callable[..., Any]:
+        method = getattr(base, name)
+
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with reading():
+                return method(self, *args, **kwargs)
+
+        return wrapper
+
+    def __setstate__(self: Any, state: dict[Any, Any]) -> None:
+        base.__setstate__(self, state)  # a new engine: give it the settings for many writers
+        configure_sqlite_engine(self.engine)
+
+    methods = {name: read_only(name) for name in _OPTUNA_READS if hasattr(base, name)}
+    attrs = {**methods, "__setstate__": __setstate__}
+    attrs.update(__module__=__name__, __qualname__="SQLiteRDBStorage")
+    return type("SQLiteRDBStorage", (base,), attrs)
+
+
+def __getattr__(name: str) -> Any:
+    # `studies.storage.SQLiteRDBStorage` is built when first needed (it imports Optuna), also
+    # when a pickled storage is loaded in another process.
+    if name == "SQLiteRDBStorage":
+        return _rdb_storage_class(True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---- retries and locks -------------------------------------------------------------------------

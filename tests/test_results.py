@@ -31,10 +31,13 @@ from studies.storage import (
     CampaignLock,
     StorageError,
     check_storage_url,
+    close_pooled_connections,
     connect_check,
     get_engine,
     mask_text,
     mask_url,
+    optuna_storage,
+    read_connection,
     resolve_storage_url,
 )
 
@@ -98,6 +101,75 @@ def test_sqlite_database_uses_wal_and_a_busy_timeout(sqlite_url):
     with get_engine(sqlite_url).connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 60_000
+
+
+def _hold_write_lock(url: str):
+    """A second connection (as another worker would) holding SQLite's write lock."""
+    import sqlite3
+
+    conn = sqlite3.connect(sa.make_url(url).database, isolation_level=None, timeout=0.1)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def test_sqlite_reads_run_beside_a_writer_and_writes_wait_for_it(sqlite_url):
+    import optuna
+
+    storage = optuna_storage(sqlite_url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    engine = get_engine(sqlite_url)
+    writer = _hold_write_lock(sqlite_url)
+    try:
+        start = time.monotonic()
+        # Optuna's reads (what workers do most: counting trials, pruning) and the project's.
+        assert len(storage.get_all_trials(study._study_id)) == 2
+        assert storage.get_study_id_from_name("s") == study._study_id
+        with read_connection(engine) as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM trials").scalar() == 2
+        assert time.monotonic() - start < 5  # none of them waited for the writer
+
+        def write() -> None:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(write)
+            time.sleep(0.5)
+            assert not pending.done()  # a write transaction waits for the lock from its BEGIN
+            writer.rollback()
+            pending.result(timeout=30)
+    finally:
+        writer.close()
+
+
+def test_a_pickled_sqlite_storage_keeps_its_settings(sqlite_url):
+    import pickle
+
+    import optuna
+
+    storage = pickle.loads(pickle.dumps(optuna_storage(sqlite_url)))
+    assert type(storage).__name__ == "SQLiteRDBStorage"
+    study = optuna.create_study(study_name="p", storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    writer = _hold_write_lock(sqlite_url)
+    try:
+        assert len(storage.get_all_trials(study._study_id)) == 1  # still a deferred read
+    finally:
+        writer.close()
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 60_000
+
+
+def test_closing_pooled_connections_leaves_none_open_and_engines_reconnect(storage_url):
+    engine = get_engine(storage_url)
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    assert engine.pool.checkedin() >= 1
+    close_pooled_connections()
+    assert engine.pool.checkedin() == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT 1")).scalar() == 1
 
 
 # ---- tables ------------------------------------------------------------------------------------
