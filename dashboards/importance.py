@@ -118,9 +118,9 @@ class ImportancesInBackground:
         self._future = None
         self._shutdown()
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, wait: bool = False) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
 
     def result(self) -> Result:
@@ -132,4 +132,5 @@ class ImportancesInBackground:
                     pass
             return campaign_importances(self.storage, self.campaign)
         finally:
-            self._shutdown()
+            # The child is done (or broken): wait for it, so that no thread is left behind.
+            self._shutdown(wait=True)

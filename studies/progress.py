@@ -64,6 +64,9 @@ class Progress:
         if self.tty:
             from tqdm import tqdm
 
+            # No monitor thread (it only tunes tqdm's refresh of loops we do not have): CPU
+            # workers are forked from this process, which must then run no other thread.
+            tqdm.monitor_interval = 0
             width = max(len(label) for label in self.spec.labels)
             total = self.spec.trials + self.spec.confirm_seeds
             for i, label in enumerate(self.spec.labels):

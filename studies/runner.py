@@ -4,9 +4,10 @@ A campaign is one Optuna study per optimizer (`<campaign>/<optimizer>`), created
 worker starts, each with the optimizer's default config enqueued as its first trial. Workers
 (processes, possibly on other machines) share one storage:
 
-- search: under a campaign-wide lock a worker counts each study's trials, picks the optimizer
-  with the fewest (so optimizers advance together, whatever their speed), and asks Optuna for a
-  trial; the lock ends once the trial exists, so no optimizer ever gets more than its budget.
+- search: a worker counts each study's trials and ranks the optimizers, fewest first (so
+  optimizers advance together, whatever their speed); then, under a campaign-wide lock, it
+  counts the first one with room again and asks Optuna for its trial. The lock ends once the
+  trial exists, so no optimizer ever gets more than its budget.
   A trial counts against the budget unless it is a heartbeat retry of an earlier one.
 - confirm: when an optimizer's search is finished, its best config is re-run on K fresh seeds;
   each (optimizer, seed) is a claim row with a unique constraint, so it runs exactly once.
@@ -21,6 +22,7 @@ optimizer, never the same for search and confirm.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -45,6 +47,7 @@ from studies.storage import (
     CampaignLock,
     StorageError,
     check_storage_url,
+    close_pooled_connections,
     connect_check,
     mask_url,
     optuna_storage,
@@ -62,6 +65,7 @@ __all__ = [
     "prepare_campaign",
     "run_campaign",
     "search_seed",
+    "start_method",
 ]
 
 SEED_STRIDE = 1_000_003
@@ -373,30 +377,35 @@ class Worker:
             with_retries(lambda study=study: optuna.storages.fail_stale_trials(study))
 
     def _search_step(self) -> bool:
+        budget = self.spec.trials
+
+        def open_(counts: _Counts) -> bool:
+            return bool(counts.waiting) or counts.used < budget
+
+        # Rank the optimizers on counts read without the lock (reads run beside the other
+        # workers'), then re-count under the lock only the one about to get a trial: the lock
+        # is held for one count and Optuna's ask, and the budget is still never exceeded.
+        self._fail_stale()  # a lost worker's trial comes back as a waiting one
+        counts = {label: self._counts(label) for label in self.labels}
+        candidates = [label for label in self.labels if open_(counts[label])]
+        if not candidates:
+            return False
+        # Fewest trials first; ties rotate with the worker and the round, so that workers
+        # interleave optimizers instead of all starting on the same one.
+        order = {label: i for i, label in enumerate(self.labels)}
+        k = len(self.labels)
+        self._round += 1
+        candidates.sort(
+            key=lambda lab: (counts[lab].used, (order[lab] - self.index - self._round) % k)
+        )
         lock = CampaignLock(self.config.storage, self.spec.name)
         lock.acquire()
         try:
-            self._fail_stale()
-            counts = {label: self._counts(label) for label in self.labels}
-            budget = self.spec.trials
-            candidates = [
-                label
-                for label in self.labels
-                if counts[label].waiting or counts[label].used < budget
-            ]
-            if not candidates:
-                return False
-            # Fewest trials first; ties rotate with the worker and the round, so that workers
-            # interleave optimizers instead of all starting on the same one.
-            order = {label: i for i, label in enumerate(self.labels)}
-            k = len(self.labels)
-            self._round += 1
-            label = min(
-                candidates,
-                key=lambda lab: (counts[lab].used, (order[lab] - self.index - self._round) % k),
-            )
-            self._run_search_trial(label, lock)
-            return True
+            for label in candidates:
+                if open_(self._counts(label)):
+                    self._run_search_trial(label, lock)
+                    return True
+            return True  # others took the last trials meanwhile: look again
         finally:
             lock.release()
 
@@ -802,6 +811,89 @@ def worker_devices(spec: CampaignSpec, workers: int, device: str | None) -> list
     return [{"CUDA_VISIBLE_DEVICES": ids[i % len(ids)]} for i in range(workers)]
 
 
+def start_method(cuda: bool) -> str:
+    """How `run_campaign` starts workers 1..N-1: "fork" or "spawn" (`hvadam worker`).
+
+    Fork for CPU workers on Linux when this process runs no other Python thread (a forked
+    child would inherit the locks those threads hold); spawn for CUDA, which does not survive
+    a fork, and wherever `HVADAM_WORKER_START=spawn` asks for it.
+    """
+    wanted = os.environ.get("HVADAM_WORKER_START") or "fork"
+    if wanted not in ("fork", "spawn"):
+        raise CampaignError(f"HVADAM_WORKER_START must be 'fork' or 'spawn', got {wanted!r}")
+    # Linux only: macOS's system frameworks are not safe in a forked child.
+    forkable = sys.platform.startswith("linux") and threading.active_count() == 1
+    return "fork" if wanted == "fork" and forkable and not cuda else "spawn"
+
+
+def _prepare_for_fork(spec: CampaignSpec) -> None:
+    """Do once here what every forked worker would otherwise repeat; close database connections."""
+    import torch._dynamo  # noqa: F401 - torch.optim imports it at the first optimizer: ~2 s
+
+    # The data set, read once and shared copy-on-write. A missing one is left to fail each run
+    # with its own clear error, as without forking.
+    with contextlib.suppress(Exception):
+        spec.build_workload().prepare()
+    close_pooled_connections()
+
+
+class _ForkedWorker:
+    """A worker process forked from this one, with `Popen`'s `poll`/`wait`/`terminate`/`kill`.
+
+    CPU workers start this way: a fork shares the imports and the loaded data set and starts in
+    milliseconds, where a new interpreter spends seconds importing torch and reading the data.
+    CUDA workers are new processes (`hvadam worker`), since CUDA does not survive a fork.
+    """
+
+    def __init__(self, spec: CampaignSpec, config: RunnerConfig) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: run, then leave without the parent's cleanup (atexit, finally)
+            code = 1
+            try:
+                Worker(spec, config).run()
+                code = 0
+            except KeyboardInterrupt:
+                code = 130
+            except BaseException:
+                tb_module.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
+            time.sleep(0.05)
+        return self.returncode  # type: ignore[return-value]
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+
 def run_campaign(
     spec: CampaignSpec,
     config: RunnerConfig,
@@ -813,10 +905,11 @@ def run_campaign(
 ) -> None:
     """Prepare the campaign, then run it with `workers` processes until it is complete.
 
-    Worker 0 runs in this process; workers 1..N-1 are `hvadam worker` subprocesses (the
-    storage URL is passed in the environment, never on a command line). With CUDA each worker
-    gets its own GPU (round robin over the visible ones); on the CPU each gets an equal share of
-    the cores (torch threads). `poll` is called after this process's runs and while it waits
+    Worker 0 runs in this process. On the CPU (Linux), workers 1..N-1 are forked from it once
+    the campaign is prepared, and each gets an equal share of the cores (torch threads); set
+    `HVADAM_WORKER_START=spawn` to start them as `hvadam worker` subprocesses instead. With
+    CUDA they are always such subprocesses (the storage URL is passed in the environment,
+    never on a command line), each on its own GPU (round robin over the visible ones). `poll` is called after this process's runs and while it waits
     (the progress display reads the other workers' runs from the database then).
     """
     if workers < 1:
@@ -836,10 +929,17 @@ def run_campaign(
         if poll is not None:
             poll()
 
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Any] = []
+    fork = start_method(cuda=bool(envs[0])) == "fork"
+    if fork:
+        _prepare_for_fork(spec)
     try:
         # This process is worker 0 (it has paid for its imports already); 1..N-1 are children.
         for i in range(1, workers):
+            if fork:
+                child = replace(config, worker_index=i, threads=threads)
+                procs.append(_ForkedWorker(spec, child))
+                continue
             env = dict(os.environ)
             env.update(envs[i])
             env[STORAGE_ENV] = config.storage

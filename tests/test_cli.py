@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -191,7 +192,9 @@ def test_progress_draws_a_bar_per_optimizer_on_a_terminal(tmp_path):
     progress = Progress(
         spec, metric="function_value", direction="minimize", stream=stream, tty=True
     )
+    threads = threading.active_count()
     progress.start([Event("sgd", "search", "complete", 3.0, 0, 1, 0.1, run_id=1)])
+    assert threading.active_count() == threads  # no tqdm monitor: workers are forked after it
     progress(Event("hvadam", "search", "complete", 2.5, 0, 1, 0.1, run_id=2))
     progress(Event("hvadam", "search", "pruned", None, 1, 2, 0.1, "diverged", run_id=3))
     progress(Event("hvadam", "confirm", "complete", 2.0, 0, 9, 0.1, run_id=4))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -155,5 +156,7 @@ def test_real_valley_campaign_report_has_every_section(tmp_path_factory, tmp_pat
 def test_importances_in_a_second_process_equal_those_computed_here(valley_campaign):
     from dashboards.importance import ImportancesInBackground, campaign_importances
 
+    threads = threading.active_count()
     background = ImportancesInBackground(valley_campaign, "valley")
     assert background.result() == campaign_importances(valley_campaign, "valley")
+    assert threading.active_count() == threads  # its pool's thread is gone with the child

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from studies.runner import (
     prepare_campaign,
     run_campaign,
     search_seed,
+    start_method,
 )
 from studies.spec import load_spec
 
@@ -208,8 +210,26 @@ def wait_for_run(db: ResultsDB, pid: int, timeout: float = 90.0):
     return None
 
 
+def _stop_tqdm_monitor() -> None:
+    from tqdm import tqdm
+
+    if tqdm.monitor is not None:
+        tqdm.monitor.exit()  # joins the thread
+        tqdm.monitor = None
+
+
 @pytest.mark.slow
-def test_concurrent_workers_keep_equal_budgets_and_confirm_each_seed_once(sqlite_url, tmp_path):
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_concurrent_workers_keep_equal_budgets_and_confirm_each_seed_once(
+    sqlite_url, tmp_path, monkeypatch, start
+):
+    # CPU workers are forked from this process by default; "spawn" starts `hvadam worker`
+    # subprocesses, as for GPUs.
+    monkeypatch.setenv("HVADAM_WORKER_START", start)
+    _stop_tqdm_monitor()  # started by an earlier test's torch.compile in this process
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    assert start_method(cuda=False) == start, threads
+    assert start_method(cuda=True) == "spawn"
     path = write_spec(
         tmp_path,
         workload={"name": "valley2d", "options": {"steps": 400, "report_every": 100}},

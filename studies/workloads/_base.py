@@ -223,6 +223,13 @@ class Workload:
         """Derive `max_epochs` (and cross-check options); overridden by subclasses."""
         self.max_epochs = int(self.options["epochs"])
 
+    def prepare(self) -> None:
+        """Load what every run reads (a dataset held in memory) once in this process.
+
+        Optional: `run` must work without it. The runner calls it before it forks CPU worker
+        processes, so that they share the loaded data instead of each loading it again.
+        """
+
     def run(
         self,
         make_optimizer: MakeOptimizer,

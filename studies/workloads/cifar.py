@@ -225,6 +225,9 @@ class Cifar(Workload):
         o = self.options
         return load_cifar(o["data_dir"], o["dataset"], verify_checksums=o["verify_checksums"])
 
+    def prepare(self) -> None:
+        self.data()
+
     def run(
         self,
         make_optimizer: MakeOptimizer,

@@ -260,6 +260,9 @@ class PennTreebank(Workload):
     def data(self) -> Corpus:
         return load_corpus(self.options["data_dir"])
 
+    def prepare(self) -> None:
+        self.data()
+
     def run(
         self,
         make_optimizer: MakeOptimizer,
