@@ -120,6 +120,42 @@ def test_a_real_process_exits_2_without_traceback(tmp_path):
     assert "hunter2" not in proc.stderr and "u:***@127.0.0.1:1" in proc.stderr
 
 
+def test_the_command_exits_quickly_after_flushing_output_and_running_atexit_handlers(tmp_path):
+    # `hvadam` (studies.cli:run) leaves with os._exit once main has returned; whatever a normal
+    # exit finishes must be finished first.
+    script = (
+        "import atexit, threading, time, sys\n"
+        "import studies.cli as cli\n"
+        "atexit.register(lambda: print('atexit ran', flush=True))\n"
+        "late = threading.Thread(target=lambda: (time.sleep(0.3), print('thread done')))\n"
+        "late.start()\n"
+        "sys.stdout.write('unflushed tail')\n"
+        "cli.run(sys.argv[1:])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": ""}
+    ok = subprocess.run(
+        [sys.executable, "-c", script, "specs"], env=env, capture_output=True, text=True
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "digits" in ok.stdout and "unflushed tail" in ok.stdout
+    assert "thread done" in ok.stdout and ok.stdout.rstrip().endswith("atexit ran")
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "compare",
+            "nope",
+            "--storage",
+            f"sqlite:///{tmp_path}/x.db",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "hvadam: error:" in bad.stderr and "atexit ran" in bad.stdout
+
+
 def test_a_malformed_spec_runs_no_trial(tmp_path):
     url = f"sqlite:///{tmp_path}/x.db"
     bad = tiny_spec(tmp_path, optimizers={"hvadam": {"adaptivity": {"low": 2.0, "high": 1.0}}})
