@@ -5,13 +5,15 @@ user would start it (process start-up, imports and the confirm phase included), 
 torch thread per worker so that the comparison is about workers, not threads.
 Target: workers 2 is >= 1.7x faster than workers 1.
 
-    PYTHONPATH=. python benchmarks/workers_scaling.py [--spec digits] [--trials 8] [--seeds 3]
+    PYTHONPATH=. python benchmarks/workers_scaling.py [--spec digits] [--trials N] [--seeds K]
+        [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,14 +41,22 @@ def tune(spec: Path, url: str, workers: int, threads: int, compile_: bool) -> fl
     return seconds
 
 
-def span(url: str, campaign: str) -> tuple[float, float, float]:
+def span(url: str, campaign: str) -> tuple[float, float, float, int, int]:
     """Seconds from the first run's start to the last run's end (process start-up excluded),
-    the summed run time, and the mean run time."""
-    from studies.results import runs_frame
+    the summed run time, the mean run time, the pruned runs and the epochs trained."""
+    from studies.results import curves_frame, runs_frame
 
     runs = runs_frame(url, campaign)
+    curves = curves_frame(url, campaign)
     seconds = (runs["finished_at"].max() - runs["started_at"].min()).total_seconds()
-    return seconds, float(runs["wall_time"].sum()), float(runs["wall_time"].mean())
+    epochs = len(curves[["run_id", "epoch"]].drop_duplicates())
+    return (
+        seconds,
+        float(runs["wall_time"].sum()),
+        float(runs["wall_time"].mean()),
+        int((runs["status"] == "pruned").sum()),
+        epochs,
+    )
 
 
 def main() -> None:
@@ -59,6 +69,7 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="let HVAdam/Anon use torch.compile (default off)"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="pairs of runs; prints the median")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -70,30 +81,49 @@ def main() -> None:
         data["budget"]["trials"] = args.trials
     if args.seeds is not None:
         data["confirm"]["seeds"] = args.seeds
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "campaign.yaml"
-        path.write_text(yaml.safe_dump(data))
-        one = tune(path, f"sqlite:///{tmp}/w1.db", 1, args.threads, args.compile)
-        many = tune(
-            path, f"sqlite:///{tmp}/w{args.workers}.db", args.workers, args.threads, args.compile
-        )
-        span_one = span(f"sqlite:///{tmp}/w1.db", spec.name)
-        span_many = span(f"sqlite:///{tmp}/w{args.workers}.db", spec.name)
     runs = len(spec.labels) * (data["budget"]["trials"] + data["confirm"]["seeds"])
     print(
         f"campaign {spec.name}: {len(spec.labels)} optimizers x ({data['budget']['trials']} "
         f"trials + {data['confirm']['seeds']} confirm) = {runs} runs; {os.cpu_count()} CPUs, "
         f"{args.threads} thread(s) per worker, torch.compile {'on' if args.compile else 'off'}"
     )
-    for n, wall, (sp, busy, mean) in ((1, one, span_one), (args.workers, many, span_many)):
-        print(
-            f"--workers {n} : {wall:6.1f} s wall; runs from first start to last end {sp:6.1f} s; "
-            f"workers busy {busy / (n * sp):4.0%} of it; mean run {mean:.2f} s"
+    ratios: list[tuple[float, float, float]] = []
+    for rep in range(1, args.repeat + 1):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "campaign.yaml"
+            path.write_text(yaml.safe_dump(data))
+            urls = {n: f"sqlite:///{tmp}/w{n}.db" for n in (1, args.workers)}
+            walls = {n: tune(path, urls[n], n, args.threads, args.compile) for n in urls}
+            spans = {n: span(urls[n], spec.name) for n in urls}
+        if args.repeat > 1:
+            print(f"-- repeat {rep} of {args.repeat}")
+        for n in urls:
+            sp, busy, mean, pruned, epochs = spans[n]
+            print(
+                f"--workers {n} : {walls[n]:6.1f} s wall; runs from first start to last end "
+                f"{sp:6.1f} s; workers busy {busy / (n * sp):4.0%} of it; mean run {mean:.2f} s; "
+                f"{pruned} runs pruned, {epochs} epochs trained"
+            )
+        one, many = 1, args.workers
+        # The workers' samplers and the pruner see trials in another order, so the two
+        # campaigns prune different runs: the per-epoch figure compares equal training.
+        ratio = (
+            walls[one] / walls[many],
+            spans[one][0] / spans[many][0],
+            (walls[one] / spans[one][4]) / (walls[many] / spans[many][4]),
         )
-    print(
-        f"speed-up: {one / many:.2f}x wall, {span_one[0] / span_many[0]:.2f}x runs span "
-        f"(target >= 1.7x for 2 workers)"
-    )
+        ratios.append(ratio)
+        print(
+            f"speed-up: {ratio[0]:.2f}x wall, {ratio[1]:.2f}x runs span, "
+            f"{ratio[2]:.2f}x wall per epoch trained"
+        )
+    if args.repeat > 1:
+        med = [statistics.median(r[i] for r in ratios) for i in range(3)]
+        print(
+            f"median of {args.repeat}: {med[0]:.2f}x wall, {med[1]:.2f}x runs span, "
+            f"{med[2]:.2f}x wall per epoch trained"
+        )
+    print(f"(target: >= 1.7x wall for {args.workers} workers)")
     print(
         "(a mean run that grows with the workers means they compete for the same cores: the "
         "speed-up is then bounded by the free cores, not by the runner)"
