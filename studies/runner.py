@@ -909,8 +909,9 @@ def run_campaign(
     the campaign is prepared, and each gets an equal share of the cores (torch threads); set
     `HVADAM_WORKER_START=spawn` to start them as `hvadam worker` subprocesses instead. With
     CUDA they are always such subprocesses (the storage URL is passed in the environment,
-    never on a command line), each on its own GPU (round robin over the visible ones). `poll` is called after this process's runs and while it waits
-    (the progress display reads the other workers' runs from the database then).
+    never on a command line), each on its own GPU (round robin over the visible ones). `poll`
+    is called after this process's runs and while it waits (the progress display reads the
+    other workers' runs from the database then).
     """
     if workers < 1:
         raise CampaignError(f"--workers must be >= 1, got {workers}")

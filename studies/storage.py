@@ -294,6 +294,7 @@ _OPTUNA_READS = (
     "get_all_trials",
     "_get_trials",
     "get_best_trial",
+    "_get_best_trial_id",
 )
 
 
