@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,7 +30,6 @@ from studies.runner import (
     prepare_campaign,
     run_campaign,
     search_seed,
-    start_method,
 )
 from studies.spec import load_spec
 
@@ -210,26 +208,27 @@ def wait_for_run(db: ResultsDB, pid: int, timeout: float = 90.0):
     return None
 
 
-def _stop_tqdm_monitor() -> None:
-    from tqdm import tqdm
+# `tune --workers 2` as its own process would do it: a fresh, single-threaded process (a test
+# process may hold other libraries' threads, with which the runner never forks).
+RUN_TWO_WORKERS = """
+import sys
+from studies.runner import RunnerConfig, run_campaign, start_method
+from studies.spec import load_spec
 
-    if tqdm.monitor is not None:
-        tqdm.monitor.exit()  # joins the thread
-        tqdm.monitor = None
+spec_path, url, start = sys.argv[1:]
+assert start_method(cuda=False) == start, start_method(cuda=False)
+assert start_method(cuda=True) == "spawn"
+run_campaign(load_spec(spec_path), RunnerConfig(storage=url, threads=1), workers=2)
+"""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_concurrent_workers_keep_equal_budgets_and_confirm_each_seed_once(
-    sqlite_url, tmp_path, monkeypatch, start
+    sqlite_url, tmp_path, start
 ):
-    # CPU workers are forked from this process by default; "spawn" starts `hvadam worker`
-    # subprocesses, as for GPUs.
-    monkeypatch.setenv("HVADAM_WORKER_START", start)
-    _stop_tqdm_monitor()  # started by an earlier test's torch.compile in this process
-    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    assert start_method(cuda=False) == start, threads
-    assert start_method(cuda=True) == "spawn"
+    # CPU workers are forked from the command's process by default; "spawn" starts
+    # `hvadam worker` subprocesses, as for GPUs.
     path = write_spec(
         tmp_path,
         workload={"name": "valley2d", "options": {"steps": 400, "report_every": 100}},
@@ -239,11 +238,20 @@ def test_concurrent_workers_keep_equal_budgets_and_confirm_each_seed_once(
     )
     spec = load_spec(path)
     prepare_campaign(spec, sqlite_url)
-    # A worker from "another shell", already busy when `tune --workers 2` (this process and
+    # A worker from "another shell", already busy when `tune --workers 2` (a process and
     # one child) joins in.
     outside = start_worker(path, sqlite_url, tmp_path, "--worker-index", "5")
     assert wait_for_run(ResultsDB(sqlite_url), outside.pid) is not None
-    run(spec, sqlite_url, workers=2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HVADAM_WORKER_START": start}
+    tune = subprocess.run(
+        [sys.executable, "-c", RUN_TWO_WORKERS, str(path), sqlite_url, start],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert tune.returncode == 0, tune.stderr
     assert outside.wait(timeout=120) == 0
 
     runs = runs_frame(sqlite_url, "camp")
