@@ -3,7 +3,8 @@
 Each run is a fresh `python -m studies.cli tune` process on its own fresh SQLite file, as a
 user would start it (process start-up, imports and the confirm phase included), with one
 torch thread per worker so that the comparison is about workers, not threads.
-Target: workers 2 is >= 1.7x faster than workers 1.
+Target: workers 2 is >= 1.7x faster than workers 1. After each pair it measures the machine's
+own ceiling: plain training (no framework) in one process, then in N at once.
 
     PYTHONPATH=. python benchmarks/workers_scaling.py [--spec digits] [--trials N] [--seeds K]
         [--repeat 3]
@@ -39,6 +40,39 @@ def tune(spec: Path, url: str, workers: int, threads: int, compile_: bool) -> fl
     if proc.returncode != 0:
         raise SystemExit(f"tune --workers {workers} failed:\n{proc.stderr}")
     return seconds
+
+
+# Plain training, no framework: the digits workload with Adam, `runs` times in one process.
+PLAIN_TRAINING = """
+import sys, time, torch
+torch.set_num_threads(1)
+from studies.workloads import get_workload
+workload = get_workload("digits-mlp", epochs=6)
+workload.prepare()
+make = lambda params: torch.optim.Adam(params, lr=1e-3)
+workload.run(make, seed=0)
+start = time.perf_counter()
+for seed in range(int(sys.argv[1])):
+    workload.run(make, seed=seed)
+print(time.perf_counter() - start)
+"""
+
+
+def machine_ceiling(workers: int, runs: int = 20) -> float:
+    """How much more training `workers` independent processes do than one, in the same time:
+    what this machine's cores allow any runner (2.0 for two fully independent cores)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def start() -> subprocess.Popen[str]:
+        cmd = [sys.executable, "-c", PLAIN_TRAINING, str(runs)]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+
+    def seconds(procs: list[subprocess.Popen[str]]) -> float:
+        return max(float(p.communicate()[0]) for p in procs)
+
+    alone = seconds([start()])
+    together = seconds([start() for _ in range(workers)])
+    return workers * alone / together
 
 
 def span(url: str, campaign: str) -> tuple[float, float, float, int, int]:
@@ -116,6 +150,10 @@ def main() -> None:
         print(
             f"speed-up: {ratio[0]:.2f}x wall, {ratio[1]:.2f}x runs span, "
             f"{ratio[2]:.2f}x wall per epoch trained"
+        )
+        print(
+            f"machine ceiling: {args.workers} independent processes of plain training do "
+            f"{machine_ceiling(args.workers):.2f}x the work of one"
         )
     if args.repeat > 1:
         med = [statistics.median(r[i] for r in ratios) for i in range(3)]
