@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from studies.storage import get_engine, read_connection, with_retries
+from studies.storage import get_engine, read_connection, reading, with_retries
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -223,7 +223,8 @@ class ResultsDB:
         with_retries(lambda: Base.metadata.create_all(self.engine))
 
     def tables_exist(self) -> bool:
-        return sa.inspect(self.engine).has_table(RunRow.__tablename__)
+        with reading():
+            return sa.inspect(self.engine).has_table(RunRow.__tablename__)
 
     # campaigns
 

@@ -127,6 +127,7 @@ def test_sqlite_reads_run_beside_a_writer_and_writes_wait_for_it(sqlite_url):
         assert storage.get_study_id_from_name("s") == study._study_id
         with read_connection(engine) as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM trials").scalar() == 2
+        assert ResultsDB(sqlite_url).tables_exist() is False  # Optuna's tables only
         assert time.monotonic() - start < 5  # none of them waited for the writer
 
         def write() -> None:
