@@ -84,6 +84,20 @@ def _layout(fig: Any, title: str, **kw: Any) -> Any:
     return fig
 
 
+def _finish_xy(
+    fig: Any, mfig: Any, ax: Any, *, title: str, xlabel: str, ylabel: str, path: Path
+) -> tuple[Any, Path]:
+    """Title and axis labels on both renderings of a one-panel figure, grid and legend on the
+    PNG; saves the PNG."""
+    _layout(fig, title, xaxis_title=xlabel, yaxis_title=ylabel)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig, _save(mfig, path)
+
+
 _TEMPLATE: list[Any] = []
 
 
@@ -170,13 +184,7 @@ def curve_figures(
             )
         )  # fmt: skip
         ax.plot(x, band["median"], color=c, label=name)
-    _layout(fig, title, xaxis_title=xlabel, yaxis_title=metric)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig, _save(mfig, path)
+    return _finish_xy(fig, mfig, ax, title=title, xlabel=xlabel, ylabel=metric, path=path)
 
 
 # ---- importances --------------------------------------------------------------------------
@@ -243,13 +251,7 @@ def adaptivity_figures(
         )  # fmt: skip
         ax.scatter(x, y, color=col[name], label=name, alpha=0.75, s=24)
     title = f"Adaptivity sweep: {metric} of every search trial"
-    _layout(fig, title, xaxis_title="adaptivity", yaxis_title=metric)
-    ax.set_xlabel("adaptivity")
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig, _save(mfig, path)
+    return _finish_xy(fig, mfig, ax, title=title, xlabel="adaptivity", ylabel=metric, path=path)
 
 
 # ---- 2-D trajectories ---------------------------------------------------------------------
