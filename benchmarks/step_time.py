@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from hvadam import _hvadam
+from hvadam import _fastpath
 from hvadam._hvadam import HVAdam
 
 try:  # Anon may not be available in every checkout
@@ -45,16 +45,13 @@ def make_params(shapes: list[torch.Size], device: str, seed: int = 0) -> list[to
     return params
 
 
-class _TensorPassHVAdam(HVAdam):
-    """HVAdam whose CPU fast path runs the per-tensor passes (compiled), not the C++ kernel."""
+class _FlatPassHVAdam(HVAdam):
+    """HVAdam whose CPU fast path runs the compiled flat-buffer passes (the path CUDA takes),
+    not the C++ kernel."""
 
     def step(self, closure=None):  # type: ignore[override]
-        mode = _hvadam._CPU_KERNEL_MODE
-        _hvadam._CPU_KERNEL_MODE = "off"
-        try:
+        with _fastpath.overrides(cpu_kernel=False):
             return super().step(closure)
-        finally:
-            _hvadam._CPU_KERNEL_MODE = mode
 
 
 def candidates() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]]:
@@ -63,7 +60,7 @@ def candidates() -> dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimiz
         "Adam foreach": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
         "Adam for-loop": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=False),
         "HVAdam default": lambda ps: HVAdam(ps, lr=1e-3),
-        "HVAdam tensor passes": lambda ps: _TensorPassHVAdam(ps, lr=1e-3),
+        "HVAdam flat passes": lambda ps: _FlatPassHVAdam(ps, lr=1e-3),
         "HVAdam foreach=False": lambda ps: HVAdam(ps, lr=1e-3, foreach=False),
     }
     if Anon is not None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -11,18 +9,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hvadam import _fastpath
 from hvadam._checks import check_common, in_range
+from hvadam._fastpath import Bucket, FlatGroup
 
 __all__ = ["Anon", "anon_foreach", "anon_reference"]
 
 REFRESH_SCHEDULES = ("doubling", "every")
-
-# The compiled fused step pays a one-off compile (seconds) per parameter layout; below this many
-# elements per bucket the eager multi-tensor path is as fast and never compiles.
-COMPILE_MIN_NUMEL = 1 << 20
-
-# Set HVADAM_COMPILE=0 to never use torch.compile (for example where no C++ compiler exists).
-_compile_state: dict[str, Any] = {"available": os.environ.get("HVADAM_COMPILE", "1") != "0"}
 
 
 class Anon(Optimizer):
@@ -118,6 +111,10 @@ class Anon(Optimizer):
         counts = [state.get("refreshes", 0) for state in self.state.values()]
         return {"refreshes": float(max(counts, default=0))}
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.__dict__.pop("_flat_groups", None)  # the loaded state is packed at the next step
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
@@ -125,63 +122,113 @@ class Anon(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            hyper = {
-                "lr": group["lr"],
-                "beta1": beta1,
-                "beta2": beta2,
-                "eps": group["eps"],
-                "adaptivity": group["adaptivity"],
-                "idu_beta": group["idu_beta"],
-                "weight_decay": group["weight_decay"],
-                "decoupled_weight_decay": group["decoupled_weight_decay"],
-                "maximize": group["maximize"],
-            }
-            # Parameters that share device, dtype and host counters are updated together.
-            buckets: dict[tuple[Any, ...], list[list[Any]]] = {}
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if p.grad.is_sparse:
                     raise ValueError("Anon does not support sparse gradients")
                 if torch.is_complex(p):
                     raise ValueError("Anon does not support complex parameters")
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                    state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["s"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["P"] = torch.ones_like(p, memory_format=torch.preserve_format)
-                    state["last_refresh"] = 0
-                    state["refreshes"] = 0
-                state["step"] += 1
-                step = int(state["step"].item())  # a CPU tensor: no device synchronisation
-                last = state["last_refresh"]
-                span = step - last if _is_refresh_step(step, group["refresh"]) else 0
-                if span:
-                    state["last_refresh"] = step
-                    state["refreshes"] += 1
-                key = (p.device, p.dtype, step, span, last == 0)
-                lists = buckets.setdefault(key, [[], [], [], [], []])
-                for lst, t in zip(
-                    lists, (p, grad, state["m"], state["s"], state["P"]), strict=True
-                ):
-                    lst.append(t)
-
-            for (device, _, step, span, first), lists in buckets.items():
-                kwargs = dict(hyper, step=step, refresh_span=span, first_refresh=first)
-                foreach = group["foreach"]
-                if foreach is False:
-                    for p, g, m, s, P in zip(*lists, strict=True):
-                        anon_reference(p, g, m, s, P, **kwargs)
-                elif foreach is None and _use_compiled(device, lists[0], span, group["refresh"]):
-                    _anon_compiled(*lists, **kwargs)
-                else:
-                    anon_foreach(*lists, **kwargs)
+            if not params:
+                continue
+            if group["foreach"] is False:
+                # The reference path changes the state on its own: the fast path's host copy of
+                # the step counts is dropped and packed again from the state when it next runs.
+                self.__dict__.get("_flat_groups", {}).pop(id(group), None)
+                self._reference_step(group, params)
+            else:
+                _fast_step(group, params, self.state, self._flat_group(group))
         return loss
+
+    def _flat_group(self, group: dict[str, Any]) -> FlatGroup:
+        # Kept out of the param group (so out of state_dict) and rebuilt after unpickling.
+        flats = self.__dict__.setdefault("_flat_groups", {})
+        entry = flats.get(id(group))
+        if entry is None or entry[0] is not group:
+            flat = FlatGroup(_STATE, _INIT, torch.device("cpu"), _HOST_INIT)
+            entry = flats[id(group)] = (group, flat)
+        return entry[1]
+
+    def _reference_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                for name in _STATE:
+                    state[name] = torch.full_like(
+                        p, _INIT.get(name, 0.0), memory_format=torch.preserve_format
+                    )
+                state.update(_HOST_INIT)
+            state["step"] += 1
+            step = int(state["step"].item())  # a CPU tensor: no device synchronisation
+            span, first = _refresh(state, step, group["refresh"])
+            anon_reference(
+                p, p.grad, state["m"], state["s"], state["P"],
+                **_hyper(group), step=step, refresh_span=span, first_refresh=first,
+            )  # fmt: skip
+
+
+_STATE = ("m", "s", "P")
+_INIT = {"P": 1.0}
+_HOST_INIT = {"last_refresh": 0, "refreshes": 0}
+
+
+def _hyper(group: dict[str, Any]) -> dict[str, Any]:
+    beta1, beta2 = group["betas"]
+    return {
+        "lr": group["lr"],
+        "beta1": beta1,
+        "beta2": beta2,
+        "eps": group["eps"],
+        "adaptivity": group["adaptivity"],
+        "idu_beta": group["idu_beta"],
+        "weight_decay": group["weight_decay"],
+        "decoupled_weight_decay": group["decoupled_weight_decay"],
+        "maximize": group["maximize"],
+    }
+
+
+def _refresh(state: dict[str, Any], step: int, schedule: str) -> tuple[int, bool]:
+    """(refresh span, first refresh) of a parameter at `step`; counts the refresh in `state`."""
+    last = state["last_refresh"]
+    if not _is_refresh_step(step, schedule):
+        return 0, last == 0
+    state["last_refresh"] = step
+    state["refreshes"] += 1
+    return step - last, last == 0
+
+
+@torch.compiler.disable
+def _fast_step(group: dict[str, Any], params: list[Tensor], state: Any, flat: FlatGroup) -> None:
+    """The multi-tensor step over the group's flat state: a few foreach ops per segment (a run
+    of parameters with the same step count), however many tensors the group has."""
+
+    def last_refresh(bucket: Bucket) -> list[int]:
+        return [state[p]["last_refresh"] for p in bucket.params]
+
+    hyper = _hyper(group)
+    schedule = group["refresh"]
+    for plan in flat.prepare(group["params"], params, state, split=last_refresh):
+        bucket = plan.bucket
+        grads = [p.grad for p in plan.params]
+        lists = [plan.params, grads, *(plan.views(name) for name in _STATE)]
+        for (a, b), step in zip(plan.positions, plan.advance(), strict=True):
+            members = plan.params[a:b]
+            span, first = _refresh(state[members[0]], step, schedule)
+            if span:  # every member of a segment refreshes together
+                for p in members[1:]:
+                    _refresh(state[p], step, schedule)
+            segment = lists if (a, b) == (0, len(plan.params)) else [x[a:b] for x in lists]
+            kwargs = dict(hyper, step=step, refresh_span=span, first_refresh=first)
+            if (
+                group["foreach"] is None
+                and bucket.device.type == "cpu"
+                and not (span and schedule != "every")  # rare refreshes: no second graph
+                and _fastpath.use_compile(bucket.device, None, plan.numel)
+            ):
+                _anon_compiled(*segment, **kwargs)
+            else:
+                anon_foreach(*segment, **kwargs)
 
 
 def _is_refresh_step(step: int, schedule: str) -> bool:
@@ -296,17 +343,6 @@ def anon_foreach(
     torch._foreach_addcmul_(params, ms, Ps, value=-lr / (1 - beta1**step))
 
 
-def _use_compiled(device: torch.device, params: list[Tensor], span: int, schedule: str) -> bool:
-    if not _compile_state["available"] or device.type != "cpu":
-        return False
-    if span and schedule != "every":  # rare refresh steps: not worth a second compiled graph
-        return False
-    if sum(p.numel() for p in params) < COMPILE_MIN_NUMEL:
-        return False
-    # inside a caller's compiled region: let it trace the eager path instead
-    return not torch.compiler.is_compiling()
-
-
 def _fused_update(
     params: list[Tensor],
     grads: list[Tensor],
@@ -367,12 +403,6 @@ def _anon_compiled(
     decoupled_weight_decay: bool,
     maximize: bool,
 ) -> None:
-    compiled = _compile_state.get("fn")
-    if compiled is None:
-        # Symbolic sizes make the per-tensor kernels identical, so inductor emits (and the C++
-        # compiler builds) a few kernels instead of one per parameter, and the graph serves any
-        # layout with the same number of tensors.
-        compiled = _compile_state["fn"] = torch.compile(_fused_update, fullgraph=True, dynamic=True)
     values = [
         -lr / (1 - beta1**step),
         1 - beta1,
@@ -388,34 +418,22 @@ def _anon_compiled(
     ]
     scalars = [torch.tensor(v, dtype=torch.float64) for v in values]
     mode = "none" if weight_decay == 0 else "decoupled" if decoupled_weight_decay else "coupled"
-    try:
-        compiled(
-            params, grads, ms, ss, Ps, scalars, bool(refresh_span), first_refresh, mode, maximize
-        )
-    except Exception as exc:  # no C++ compiler, unsupported platform, ...: stay correct, eagerly
-        _compile_state["available"] = False
-        warnings.warn(
-            f"Anon: torch.compile is unavailable ({type(exc).__name__}: {exc}); "
-            "using the eager multi-tensor path",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        anon_foreach(
-            params,
-            grads,
-            ms,
-            ss,
-            Ps,
-            step=step,
-            refresh_span=refresh_span,
-            first_refresh=first_refresh,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            adaptivity=adaptivity,
-            idu_beta=idu_beta,
-            weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay,
-            maximize=maximize,
-        )
+    refresh = bool(refresh_span)
+    # Symbolic sizes make the per-tensor kernels identical, so inductor emits (and the C++
+    # compiler builds) a few kernels instead of one per parameter. If compiling fails, this
+    # call runs _fused_update eagerly and later steps take the multi-tensor path.
+    key = ("anon", params[0].device.type, refresh, first_refresh, mode, maximize)
+    _fastpath.run(
+        _fused_update,
+        key,
+        params,
+        grads,
+        ms,
+        ss,
+        Ps,
+        scalars,
+        refresh,
+        first_refresh,
+        mode,
+        maximize,
+    )

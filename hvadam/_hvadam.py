@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
-import types
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from hvadam import _cpu_kernel
+from hvadam import _cpu_kernel, _fastpath
 from hvadam._checks import check_common, in_range, real
+from hvadam._fastpath import FlatGroup, Plan, check_devices, host_scalars
 
 __all__ = ["HVAdam"]
 
@@ -189,20 +187,19 @@ def _reference_group_step(
 
 
 # ----------------------------------------------------------------------------------------------
-# Fast path: the same rule as tensor programs with no host-device synchronisation. Per group:
-#   (a) one pass per parameter: m, s, θ updated, partial sums <m̂,m̂>, <m̂,v>, <v,v> returned;
+# Fast path: the same rule as tensor programs over each bucket's flat buffers (see _fastpath),
+# with no host-device synchronisation. Per group:
+#   gather: the gradients and parameters into flat work buffers (one _foreach_copy_ each);
+#   (a) one pass per segment: m, s, θ updated, the sums <m̂,m̂>, <m̂,v>, <v,v> returned;
 #   (b) a few scalar tensor ops: k, δ, e, n, the restart flag, b -> a decision vector;
-#   (c) one pass per parameter: v and θ updated as the decision says (torch.where, no `if`).
-# Passes (a) and (c) are compiled with torch.compile (one fused C++/Triton kernel per tensor,
-# shapes dynamic, so a model compiles each pass once); without a working compiler, and by default
-# for small groups on a CPU (_COMPILE_MIN_NUMEL), they run eagerly.
-# Scalars travel as tensors: hp (layout _HP_FIELDS), rebuilt only when the group's Python
-# hyperparameters change (an LR schedule, say), and decision = [k, restart, hidden_step, lr*b].
-# The group's flattened tensor lists are cached between steps (_GroupCache).
-#
-# Measured and rejected: compiling a whole group (passes a, b, c over the lists of tensors) as
-# one graph. On a CPU inductor fuses the per-tensor loops horizontally (they share the hp reads)
-# into a few huge kernels: ResNet-18's 62 tensors took 11 minutes to compile and 400 ms a step.
+#   (c) one pass per segment: v and θ updated as the decision says (torch.where, no `if`);
+#   scatter: the parameters back (one _foreach_copy_).
+# The number of operations (eager) and kernels (compiled) per step does not grow with the
+# number of parameter tensors. The passes are compiled each as its own graph over 1-D buffers
+# with dynamic sizes (one graph for all three allocated extra full-size temporaries); the bias
+# corrections are Python floats computed from the host's step counts, so they neither read the
+# device nor recompile. On a CPU, large groups run the C++ kernel (_cpu_kernel) instead: one call
+# per pass over the group's tensors in place, no gather or scatter.
 # ----------------------------------------------------------------------------------------------
 
 _HP_FIELDS = (
@@ -210,9 +207,8 @@ _HP_FIELDS = (
     "half_adaptivity", "wd_coupled", "decay", "sign", "restart_threshold", "lo", "hi",
 )  # fmt: skip
 
-# With foreach=None, groups below this many elements on a CPU run the fast path eagerly: compiling
-# takes seconds to a minute, more than a small model's (a 2-D valley, a small MLP) whole run saves.
-_COMPILE_MIN_NUMEL = 1 << 20
+_STATE = ("exp_avg", "exp_avg_var", "hidden")
+_AMS_STATE = (*_STATE, "max_exp_avg_var")
 
 
 def _hyperparameters(group: dict[str, Any]) -> tuple[float, ...]:
@@ -240,60 +236,110 @@ def _hyperparameters(group: dict[str, Any]) -> tuple[float, ...]:
     )
 
 
-def _fast_first_update(
-    param: Tensor,
-    grad: Tensor,
+def _first_pass(
+    theta: Tensor,
+    g: Tensor,
     m: Tensor,
     s: Tensor,
     v: Tensor,
     s_max: Tensor | None,
-    hp: Tensor,
-    bc: Tensor,
-    unit_adaptivity: bool,
+    mask: Tensor | None,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    gamma: float,
+    half_adaptivity: float,
+    weight_decay: float,
+    bc1: float | Tensor,
+    bc2: float | Tensor,
+    unit: bool,
+    decay: str,
+    maximize: bool,
 ) -> Tensor:
-    lr, beta1, one_minus_beta1, beta2, one_minus_beta2 = hp[0], hp[1], hp[2], hp[3], hp[4]
-    eps, gamma, half_adaptivity, wd_coupled, decay, sign = (
-        hp[5], hp[6], hp[7], hp[8], hp[9], hp[10],
-    )  # fmt: skip
-    cdt = torch.float32 if param.dtype in _LOW_PRECISION else param.dtype
-    theta, g = param.to(cdt), grad.to(cdt)
-    m_, s_, v_ = m.to(cdt), s.to(cdt), v.to(cdt)
-    g = g * sign
-    theta = theta * decay  # decoupled weight decay: 1 - lr*wd
-    g = g + wd_coupled * theta
-    m_ = beta1 * m_ + one_minus_beta1 * g
-    p = (g - v_) ** 2
-    r = p / ((g - m_) ** 2 + gamma * p + eps) * p
-    m_hat = m_ * bc[0]  # 1 / (1 - beta1^t): a multiply, not a divide, per element
-    s_ = beta2 * s_ + one_minus_beta2 * r
-    sums = torch.stack([(m_hat * m_hat).sum(), (m_hat * v_).sum(), (v_ * v_).sum()])
-    s_ = s_ + eps
-    s_used = s_
-    if s_max is not None:
-        s_used = torch.maximum(s_max.to(cdt), s_)
-        s_max.copy_(s_used)
-    if unit_adaptivity:
-        denom = s_used.sqrt() * bc[1] + eps  # bc[1] = 1 / sqrt(1 - beta2^t)
+    """Pass (a) over flat buffers: m, s (s_max), θ updated in place; returns the three sums.
+
+    ``bc1`` = 1/(1-β1^t); ``bc2`` = 1/sqrt(1-β2^t) when ``unit`` (adaptivity 1), else
+    1/(1-β2^t): numbers, or per-element tensors with ``mask`` (the masked pass: only elements
+    where it is true change or count). ``decay``: "none", "coupled" or "decoupled".
+    """
+    cdt = torch.float32 if theta.dtype in _LOW_PRECISION else theta.dtype
+    th, grad = theta.to(cdt), g.to(cdt)
+    m0, s0, v_ = m.to(cdt), s.to(cdt), v.to(cdt)
+    if maximize:
+        grad = -grad
+    if decay == "decoupled":
+        th = th * (1.0 - lr * weight_decay)
+    elif decay == "coupled":
+        grad = grad + weight_decay * th
+    m_new = beta1 * m0 + (1.0 - beta1) * grad
+    p = (grad - v_) ** 2
+    r = p / ((grad - m_new) ** 2 + gamma * p + eps) * p
+    m_hat = m_new * bc1
+    s_new = beta2 * s0 + (1.0 - beta2) * r + eps
+    if mask is not None:
+        zero = torch.zeros((), dtype=cdt, device=m_hat.device)
+        mh_sum, v_sum = torch.where(mask, m_hat, zero), torch.where(mask, v_, zero)
     else:
-        denom = (s_used * bc[1]) ** half_adaptivity + eps  # bc[1] = 1 / (1 - beta2^t)
-    theta = theta - lr * m_hat / denom
-    m.copy_(m_)
-    s.copy_(s_)
-    param.copy_(theta)
-    return sums.to(hp.dtype)
+        mh_sum, v_sum = m_hat, v_
+    sums = torch.stack([(mh_sum * mh_sum).sum(), (mh_sum * v_sum).sum(), (v_sum * v_sum).sum()])
+    s_used = s_new
+    if s_max is not None:
+        s_used = torch.maximum(s_max.to(cdt), s_new)
+    denom = s_used.sqrt() * bc2 if unit else (s_used * bc2) ** half_adaptivity
+    th_new = th - lr * m_hat / (denom + eps)
+    if mask is not None:
+        m_new = torch.where(mask, m_new, m0)
+        s_new = torch.where(mask, s_new, s0)
+        th_new = torch.where(mask, th_new, theta.to(cdt))
+        if s_max is not None:
+            s_used = torch.where(mask, s_used, s_max.to(cdt))
+    if s_max is not None:
+        s_max.copy_(s_used)
+    m.copy_(m_new)
+    s.copy_(s_new)
+    theta.copy_(th_new)
+    return sums.to(torch.float64)
 
 
-def _fast_hidden_update(param: Tensor, m: Tensor, v: Tensor, bc: Tensor, decision: Tensor) -> None:
+def _hidden_pass(
+    theta: Tensor, m: Tensor, v: Tensor, mask: Tensor | None, bc1: float | Tensor, decision: Tensor
+) -> None:
+    """Pass (c) over flat buffers: decision = [k, restart, hidden_step, lr*b]."""
     k, restart, hidden_step, lr_b = decision[0], decision[1], decision[2], decision[3]
-    cdt = torch.float32 if param.dtype in _LOW_PRECISION else param.dtype
-    m_hat = m.to(cdt) * bc[0]
+    cdt = torch.float32 if theta.dtype in _LOW_PRECISION else theta.dtype
+    m_hat = m.to(cdt) * bc1
     v_ = v.to(cdt)
     v_new = torch.where(
         restart > 0, m_hat, torch.where(hidden_step > 0, k * v_ + (1 - k) * m_hat, v_)
     )
-    theta = param.to(cdt)
-    param.copy_(torch.where(hidden_step > 0, theta - lr_b * v_new, theta))
+    th = theta.to(cdt)
+    th_new = torch.where(hidden_step > 0, th - lr_b * v_new, th)
+    if mask is not None:
+        v_new = torch.where(mask, v_new, v_)
+        th_new = torch.where(mask, th_new, th)
+    theta.copy_(th_new)
     v.copy_(v_new)
+
+
+def _bounded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` over the elements [lo, hi) of whole flat buffers (its first `count` arguments).
+
+    Compiled passes take whole buffers and integer bounds, not sliced views: a view's size and
+    storage offset would be guarded on, and sizes 0 and 1 specialise.
+    """
+    count = 7 if fn is _first_pass else 4
+
+    def bounded(lo: int, hi: int, *args: Any) -> Any:
+        sliced = [a if a is None or a.dim() == 0 else a[lo:hi] for a in args[:count]]
+        return fn(*sliced, *args[count:])
+
+    bounded.__name__ = f"{fn.__name__}_bounded"
+    return bounded
+
+
+_first_bounded = _bounded(_first_pass)
+_hidden_bounded = _bounded(_hidden_pass)
 
 
 def _fast_decision(sums: Tensor, hp: Tensor, gs: list[Tensor]) -> Tensor:
@@ -325,221 +371,164 @@ def _fast_decision(sums: Tensor, hp: Tensor, gs: list[Tensor]) -> Tensor:
     return torch.stack([k, restart.to(dt), hidden_step.to(dt), lr * b])
 
 
-# How the fast path runs: "auto" compiles where torch.compile works (see HVAdam's docstring),
-# "eager" never compiles (HVADAM_COMPILE=0 selects it too).
-_COMPILE_MODE = "eager" if os.environ.get("HVADAM_COMPILE", "1") == "0" else "auto"
-# On a CPU the fast path runs a C++ extension (_cpu_kernel: one call per pass per group) unless
-# HVADAM_CPU_KERNEL=0 or it cannot be built; then the passes above run (compiled or eager).
-_CPU_KERNEL_MODE = "off" if os.environ.get("HVADAM_CPU_KERNEL", "1") == "0" else "auto"
-_compiled: dict[tuple, Callable[..., Any]] = {}
-_compile_broken: set[str] = set()
-_compiled_ok: set[tuple] = set()
+def _bias_corrections(
+    steps: list[int], beta1: float, beta2: float, unit: bool
+) -> tuple[list[float], list[float]]:
+    """Per step count t: 1/(1-β1^t), and 1/sqrt(1-β2^t) (unit adaptivity) or 1/(1-β2^t)."""
+    bc1 = [1.0 / (1.0 - beta1**t) for t in steps]
+    bc2 = [1.0 / (math.sqrt(1.0 - beta2**t) if unit else 1.0 - beta2**t) for t in steps]
+    return bc1, bc2
 
 
-def _compiled_variant(fn: Callable[..., Any], key: tuple) -> Callable[..., Any]:
-    """torch.compile `fn` for one variant (dtypes, device, static flags, number of tensors).
+class _GroupRun:
+    """A group's cached pieces between steps: its flat state and the decision's hp tensor."""
 
-    torch.compile caches graphs per code object with a small recompile limit; giving each
-    variant its own code object keeps variants (float32/float64/bfloat16, amsgrad, models with
-    different numbers of tensors, ...) from evicting each other into eager fallback.
-    """
-    compiled = _compiled.get(key)
-    if compiled is None:
-        name = f"{fn.__name__}_{abs(hash(key)):x}"
-        code = fn.__code__.replace(co_name=name, co_qualname=name)
-        clone = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-        compiled = torch.compile(clone, dynamic=True, fullgraph=True)
-        _compiled[key] = compiled
-    return compiled
-
-
-def _run_pass(fn: Callable[..., Any], key: tuple, *args: Any) -> Any:
-    device_type = args[0].device.type
-    if (
-        _COMPILE_MODE == "eager"
-        or device_type in _compile_broken
-        or device_type not in ("cpu", "cuda")
-        or torch.compiler.is_compiling()
-    ):
-        return fn(*args)
-    compiled = _compiled_variant(fn, key)
-    if key in _compiled_ok:
-        return compiled(*args)
-    try:
-        # Compile on large stand-ins first: shapes are dynamic and the first shape seen is the
-        # size hint from which the C++ backend decides to parallelise the loop.
-        compiled(*[_stand_in(a, args[0]) for a in args])
-        result = compiled(*args)
-    except Exception as error:  # a missing C++ compiler, an unsupported platform, ...
-        # Compilation happens before the graph runs, so no tensor was touched yet; an error of
-        # the update itself recurs in the eager call below and reaches the caller.
-        _compile_broken.add(device_type)
-        warnings.warn(
-            f"HVAdam: torch.compile failed on {device_type} ({type(error).__name__}: "
-            f"{str(error)[:200]}); using the eager fast path",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return fn(*args)
-    _compiled_ok.add(key)
-    return result
-
-
-def _stand_in(arg: Any, param: Tensor) -> Any:
-    """A large zero tensor in place of a flattened parameter-sized argument."""
-    if (
-        isinstance(arg, Tensor)
-        and param.dim() == 1
-        and arg.shape == param.shape
-        and param.numel() > 1
-    ):
-        return torch.zeros(1 << 20, dtype=arg.dtype, device=arg.device)
-    return arg
-
-
-def _flat(t: Tensor, strides: tuple[int, ...]) -> Tensor | None:
-    """A 1-D view of a dense tensor laid out like `strides`, or None when there is none."""
-    if t.stride() != strides:
-        return None
-    # Detached, so that torch.compile sees plain tensors, not no-grad views of leaves.
-    t = t.detach()
-    if t.is_contiguous():
-        return t.view(-1)
-    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
-    permuted = t.permute(order)
-    return permuted.view(-1) if permuted.is_contiguous() else None
-
-
-def _same(a: list[Any], b: list[Any]) -> bool:
-    """The same objects in the same order (identity, never Tensor.__eq__)."""
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
-
-
-class _GroupCache:
-    """A group's flattened tensor lists and hp tensor, reused while the same objects recur.
-
-    Rebuilt when the parameters with a gradient, a gradient or a state tensor (a loaded state
-    dict) changes; hp is rebuilt only when the group's Python hyperparameters change.
-    """
-
-    def __init__(self) -> None:
-        self.keys: list[Any] = []
-        self.grad_keys: list[Any] = []
-        self.lists: list[list[Tensor]] = []
-        self.grads: list[Tensor] = []
+    def __init__(self, amsgrad: bool) -> None:
+        self.flat = FlatGroup(_AMS_STATE if amsgrad else _STATE)
+        self.amsgrad = amsgrad
         self.hp_values: tuple[float, ...] | None = None
         self.hp: Tensor | None = None
-        self.numel = 0
-        self.kernel_ok = False  # the lists suit the CPU kernel (contiguous, one dtype each)
         self.bcs: Tensor | None = None
-
-    def update(
-        self, items: list[tuple[Tensor, Tensor, dict[str, Any]]], amsgrad: bool
-    ) -> list[list[Tensor]]:
-        keys = []
-        for param, _, state in items:
-            keys += (param, state["exp_avg"], state["exp_avg_var"], state["hidden"], state["step"])
-            if amsgrad:
-                keys.append(state["max_exp_avg_var"])
-        grad_keys = [grad for _, grad, _ in items]
-        if _same(keys, self.keys) and _same(grad_keys, self.grad_keys):
-            return self.lists
-        lists: list[list[Tensor]] = [[] for _ in range(7)]
-        for param, grad, state in items:
-            tensors = [param, grad, state["exp_avg"], state["exp_avg_var"], state["hidden"]]
-            if amsgrad:
-                tensors.append(state["max_exp_avg_var"])
-            flat = [_flat(t, param.stride()) for t in tensors]
-            if any(f is None for f in flat):
-                flat = [t.detach() for t in tensors]  # an unusual layout: not flattened
-            for out, f in zip(lists, flat, strict=False):
-                out.append(f)
-            lists[6].append(state["step"])
-        self.keys, self.grad_keys, self.lists = keys, grad_keys, lists
-        self.numel = sum(p.numel() for p in lists[0])
-        self.kernel_ok = all(
-            t.device.type == "cpu"
-            and t.is_contiguous()
-            and t.dtype == param.dtype
-            and t.numel() == param.numel()
-            and param.dtype.is_floating_point
-            for i, param in enumerate(lists[0])
-            for t in [lists[j][i] for j in range(6) if lists[j]]
-        ) and all(t.dtype == torch.float32 and t.numel() == 1 for t in lists[6])
-        self.bcs = None
-        return lists
 
     def hyperparameters(self, group: dict[str, Any], dtype: torch.dtype, device: Any) -> Tensor:
         values = _hyperparameters(group)
         hp = self.hp
         if hp is None or values != self.hp_values or hp.dtype != dtype or hp.device != device:
-            hp = self.hp = _scalars(list(values), dtype, device)
+            hp = self.hp = host_scalars(list(values), dtype, device)
             self.hp_values = values
         return hp
 
 
+def _kernel_ready(plans: list[Plan], grads: list[list[Tensor]]) -> bool:
+    """Whether the CPU kernel can take these tensors in place (contiguous, one dtype each)."""
+    return all(
+        p.is_contiguous() and p.dtype.is_floating_point and g.is_contiguous() and g.dtype == p.dtype
+        for plan, gl in zip(plans, grads, strict=True)
+        for p, g in zip(plan.params, gl, strict=True)
+    )
+
+
+@torch.compiler.disable
 def _fast_group_step(
-    group: dict[str, Any],
-    items: list[tuple[Tensor, Tensor, dict[str, Any]]],
-    gs: dict[str, Tensor],
-    cache: _GroupCache,
+    group: dict[str, Any], params: list[Tensor], state: Any, gs: dict[str, Tensor], run: _GroupRun
 ) -> None:
-    device = items[0][0].device
-    amsgrad = group["amsgrad"]
-    unit = group["adaptivity"] == 1.0
-    params, grads, ms, ss, vs, s_maxs, steps = cache.update(items, amsgrad)
-    hp = cache.hyperparameters(group, gs["e"].dtype, device)
+    plans = run.flat.prepare(group["params"], params, state)
+    device = params[0].device
+    numel = sum(plan.numel for plan in plans)
+    foreach = group["foreach"]
+    hp = run.hyperparameters(group, gs["e"].dtype, device)
     group_state = [gs["flag"], gs["e"], gs["n"], gs["restarts"], gs["skips"], gs["hv_step"]]
+    unit = group["adaptivity"] == 1.0
+    amsgrad = run.amsgrad
+    grads = [[p.grad for p in plan.params] for plan in plans]
     if (
-        device.type == "cpu"
-        and _CPU_KERNEL_MODE == "auto"
-        and cache.kernel_ok
-        # Like compiling: the one-off build pays off for large groups, or when asked for.
-        and (group["foreach"] is True or cache.numel >= _COMPILE_MIN_NUMEL)
+        _fastpath.use_cpu_kernel(device, foreach, numel)
         and hp.dtype == torch.float64
+        and _kernel_ready(plans, grads)
         and (kernel := _cpu_kernel.load()) is not None
     ):
-        if cache.bcs is None:
-            cache.bcs = torch.empty(len(params), 2, dtype=torch.float64)
-        sums = kernel.first_pass(
-            params, grads, ms, ss, vs, s_maxs if amsgrad else [], steps, hp, cache.bcs, unit
-        )
-        kernel.hidden_pass(params, ms, vs, cache.bcs, _fast_decision(sums, hp, group_state))
+        _kernel_group_step(kernel, plans, grads, hp, group_state, unit, amsgrad, run)
         return
-    compile_ = _COMPILE_MODE == "auto"
-    if group["foreach"] is None:
-        compile_ = compile_ and (device.type == "cuda" or cache.numel >= _COMPILE_MIN_NUMEL)
-    run = _run_pass if compile_ else _run_eager
-    torch._foreach_add_(steps, 1.0)
-    # Bias corrections of every parameter at once (the step counts may differ).
-    t = torch.stack(steps).to(hp.dtype)
-    bc2 = 1.0 - hp[3] ** t
-    columns = [1.0 / (1.0 - hp[1] ** t), 1.0 / (bc2.sqrt() if unit else bc2)]
-    # One small tensor per parameter (clones: row views' storage offsets would be guarded on).
-    bcs = [row.clone() for row in torch.stack(columns, 1).unbind(0)]
-    first_key = ("first", device.type, amsgrad, unit)
-    partial = [
-        run(_fast_first_update, (*first_key, param.dtype), param, grad, m, s, v,
-            s_maxs[i] if amsgrad else None, hp, bc, unit)
-        for i, (param, grad, m, s, v, bc) in enumerate(zip(params, grads, ms, ss, vs, bcs, strict=True))
-    ]  # fmt: skip
-    decision = _fast_decision(torch.stack(partial).sum(0), hp, group_state)
-    for param, m, v, bc in zip(params, ms, vs, bcs, strict=True):
-        run(_fast_hidden_update, ("hidden", param.dtype, device.type), param, m, v, bc, decision)
+    compile_ = _fastpath.use_compile(device, foreach, numel)
+    lr, beta1, _, beta2, _, eps, gamma, half_a, _, _, _, _, _, _ = run.hp_values or ()
+    wd = float(group["weight_decay"])
+    decay = "none" if wd == 0 else "decoupled" if group["decoupled_weight_decay"] else "coupled"
+    maximize = group["maximize"]
+    corrections = []
+    sums = None
+    for plan, plan_grads in zip(plans, grads, strict=True):
+        bucket = plan.bucket
+        g_buf = bucket.work("grad")[0]
+        th_buf = bucket.work("param")[0]
+        torch._foreach_copy_(plan.views("grad"), plan_grads)
+        torch._foreach_copy_(plan.views("param"), plan.params)
+        state_bufs = [bucket.buffers[name] for name in _STATE]
+        s_max = bucket.buffers["max_exp_avg_var"] if amsgrad else None
+        if plan.masked:
+            plan.advance()
+            bc1s, bc2s = _bias_corrections(bucket.steps, beta1, beta2, unit)
+            cdt = torch.float32 if bucket.dtype in _LOW_PRECISION else bucket.dtype
+            pieces = [
+                (0, bucket.numel, bucket.per_element(bc1s, cdt), bucket.per_element(bc2s, cdt))
+            ]
+        else:
+            bc1s, bc2s = _bias_corrections(plan.advance(), beta1, beta2, unit)
+            pieces = [
+                (lo, hi, b1, b2) for (lo, hi), b1, b2 in zip(plan.ranges, bc1s, bc2s, strict=True)
+            ]
+        corrections.append(pieces)
+        key = ("first", device.type, bucket.dtype, amsgrad, unit, decay, maximize, plan.masked)
+        for lo, hi, b1, b2 in pieces:
+            args = (th_buf, g_buf, *state_bufs, s_max, plan.mask, lr, beta1, beta2, eps, gamma,
+                    half_a, wd, b1, b2, unit, decay, maximize)  # fmt: skip
+            part = _pass(_first_pass, _first_bounded, key, compile_, plan, lo, hi, args)
+            sums = part if sums is None else sums + part
+    assert sums is not None
+    decision = _fastpath.run(_fast_decision, ("decision", device.type) if compile_ else None,
+                             sums, hp, group_state)  # fmt: skip
+    for plan, pieces in zip(plans, corrections, strict=True):
+        bucket = plan.bucket
+        th_buf = bucket.work("param")[0]
+        m, v = bucket.buffers["exp_avg"], bucket.buffers["hidden"]
+        key = ("hidden", device.type, bucket.dtype, plan.masked)
+        for lo, hi, b1, _ in pieces:
+            args = (th_buf, m, v, plan.mask, b1, decision)
+            _pass(_hidden_pass, _hidden_bounded, key, compile_, plan, lo, hi, args)
+        torch._foreach_copy_(plan.params, plan.views("param"))
 
 
-def _run_eager(fn: Callable[..., Any], key: tuple, *args: Any) -> Any:
-    return fn(*args)
+def _pass(
+    fn: Callable[..., Any],
+    bounded: Callable[..., Any],
+    key: tuple[Any, ...],
+    compile_: bool,
+    plan: Plan,
+    lo: int,
+    hi: int,
+    args: tuple[Any, ...],
+) -> Any:
+    """One pass over [lo, hi) of the flat buffers: compiled with bounds, or eagerly on views."""
+    if compile_:
+        return _fastpath.run(bounded, key, lo, hi, *args)
+    if plan.masked or (lo == 0 and hi == plan.bucket.numel):
+        return fn(*args)
+    return bounded(lo, hi, *args)
 
 
-def _scalars(values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Host numbers as a device tensor without a blocking copy."""
-    host = torch.tensor(values, dtype=dtype)
-    if device.type == "cpu":
-        return host
-    if device.type == "cuda":
-        host = host.pin_memory()
-    return host.to(device, non_blocking=True)
+def _kernel_group_step(
+    kernel: Any,
+    plans: list[Plan],
+    grads: list[list[Tensor]],
+    hp: Tensor,
+    group_state: list[Tensor],
+    unit: bool,
+    amsgrad: bool,
+    run: _GroupRun,
+) -> None:
+    """The C++ CPU kernel: in place over the group's tensors, one call per pass per bucket."""
+    sums = None
+    bcs = []
+    for plan, plan_grads in zip(plans, grads, strict=True):
+        bc = torch.empty(len(plan.params), 2, dtype=torch.float64)
+        part = kernel.first_pass(
+            plan.params,
+            plan_grads,
+            *(plan.views(name) for name in _STATE),
+            plan.views("max_exp_avg_var") if amsgrad else [],
+            plan.step_views(),  # incremented by the kernel
+            hp,
+            bc,
+            unit,
+        )
+        steps = plan.bucket.steps
+        for i in plan.idx:
+            steps[i] += 1
+        bcs.append(bc)
+        sums = part if sums is None else sums + part
+    assert sums is not None
+    decision = _fast_decision(sums, hp, group_state)
+    for plan, bc in zip(plans, bcs, strict=True):
+        kernel.hidden_pass(plan.params, plan.views("exp_avg"), plan.views("hidden"), bc, decision)
 
 
 class HVAdam(torch.optim.Optimizer):
@@ -637,7 +626,7 @@ class HVAdam(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self.__dict__.pop("_fast_caches", None)
+        self.__dict__.pop("_fast_runs", None)  # the loaded state is packed at the next step
         # Keep every scalar on its parameters' device so the fast path never crosses devices.
         for group in self.param_groups:
             params = group["params"]
@@ -665,27 +654,34 @@ class HVAdam(torch.optim.Optimizer):
             group["hv_state"] = gs
         return gs
 
-    def _items(self, group: dict[str, Any]) -> list[tuple[Tensor, Tensor, dict[str, Any]]]:
-        items = []
-        for param in group["params"]:
-            if param.grad is None:
-                continue
-            grad = param.grad
-            if grad.is_sparse:
+    def _with_grad(self, index: int, group: dict[str, Any]) -> list[Tensor]:
+        """The group's parameters that have a gradient (checked: dense, real, one device)."""
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            if p.grad.is_sparse:
                 raise SparseGradientError(
                     "HVAdam does not support sparse gradients; use a dense gradient"
                 )
+            if torch.is_complex(p):
+                raise ValueError("HVAdam does not support complex parameters")
+        check_devices("HVAdam", index, params)
+        return params
+
+    def _reference_items(
+        self, group: dict[str, Any], params: list[Tensor]
+    ) -> list[tuple[Tensor, Tensor, dict[str, Any]]]:
+        items = []
+        for param in params:
             state = self.state[param]
             if not state:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_var"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["hidden"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                for name in _STATE:
+                    state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
             if group["amsgrad"] and "max_exp_avg_var" not in state:
                 state["max_exp_avg_var"] = torch.zeros_like(
                     param, memory_format=torch.preserve_format
                 )
-            items.append((param, grad, state))
+            items.append((param, param.grad, state))
         return items
 
     @torch.no_grad()
@@ -695,23 +691,26 @@ class HVAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            items = self._items(group)
-            if not items:
+        for index, group in enumerate(self.param_groups):
+            params = self._with_grad(index, group)
+            if not params:
                 continue
-            gs = self._group_state(group, items[0][0].device)
+            gs = self._group_state(group, params[0].device)
             if group["foreach"] is False:
-                _reference_group_step(group, items, gs)
+                # The reference path changes the state on its own: the fast path's host copy of
+                # the step counts is dropped and packed again from the state when it next runs.
+                self.__dict__.get("_fast_runs", {}).pop(id(group), None)
+                _reference_group_step(group, self._reference_items(group, params), gs)
             else:
-                _fast_group_step(group, items, gs, self._fast_cache(group))
+                _fast_group_step(group, params, self.state, gs, self._fast_run(group))
         return loss
 
-    def _fast_cache(self, group: dict[str, Any]) -> _GroupCache:
+    def _fast_run(self, group: dict[str, Any]) -> _GroupRun:
         # Kept out of the param group (so out of state_dict) and rebuilt after unpickling.
-        caches = self.__dict__.setdefault("_fast_caches", {})
-        entry = caches.get(id(group))
-        if entry is None or entry[0] is not group:
-            entry = caches[id(group)] = (group, _GroupCache())
+        runs = self.__dict__.setdefault("_fast_runs", {})
+        entry = runs.get(id(group))
+        if entry is None or entry[0] is not group or entry[1].amsgrad != group["amsgrad"]:
+            entry = runs[id(group)] = (group, _GroupRun(group["amsgrad"]))
         return entry[1]
 
     def internals(self) -> dict[str, float]:

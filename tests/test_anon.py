@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import hvadam._anon as anon_module
-from hvadam import Anon
+from hvadam import Anon, _fastpath
 
 # ---------------------------------------------------------------------------------------------
 # A literal transcription of ALGORITHMS.md ("Anon"), float64, one flat tensor, no shortcuts.
@@ -261,15 +260,21 @@ def test_parameters_without_gradients_are_left_alone_and_get_no_state():
 
 @pytest.mark.slow
 def test_compiled_path_matches_reference_path(monkeypatch):
-    # Only large buckets compile by default; lower the bar so a small model takes that path.
-    monkeypatch.setattr(anon_module, "COMPILE_MIN_NUMEL", 0)
-    if not anon_module._compile_state["available"]:
+    if not _fastpath.settings.compile:
         pytest.skip("torch.compile is disabled (HVADAM_COMPILE=0)")
-    for settings in GROUP_SETTINGS:
-        expected, _ = train("mlp", settings, foreach=False, steps=20)
-        actual, _ = train("mlp", settings, foreach=None, steps=20)
-        assert anon_module._compile_state["available"], "compiling failed, eager fallback used"
-        assert_params_close(actual, expected, rtol=1e-10)
+    compiled = []
+    real_run = _fastpath.run
+    monkeypatch.setattr(
+        _fastpath, "run", lambda fn, key, *args: compiled.append(key) or real_run(fn, key, *args)
+    )
+    # Only large buckets compile by default; lower the bar so a small model takes that path.
+    with _fastpath.overrides(compile_min_numel=0):
+        for settings in GROUP_SETTINGS:
+            expected, _ = train("mlp", settings, foreach=False, steps=20)
+            actual, _ = train("mlp", settings, foreach=None, steps=20)
+            assert "cpu" not in _fastpath._compile_broken, "compiling failed, eager fallback used"
+            assert_params_close(actual, expected, rtol=1e-10)
+    assert compiled and all(key[0] == "anon" for key in compiled)
 
 
 def test_float32_follows_float64_within_single_precision():

@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
-from hvadam import _cpu_kernel, _hvadam
+from hvadam import _cpu_kernel, _fastpath, _hvadam
 from hvadam._hvadam import HVAdam
 from hvadam.valley import run_valley
 
@@ -18,24 +19,24 @@ F64 = torch.float64
 
 
 @pytest.fixture
-def eager_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def eager_fast_path() -> Iterator[None]:
     """Run the fast path's tensor program without torch.compile (same code, no compile time)."""
-    monkeypatch.setattr(_hvadam, "_COMPILE_MODE", "eager")
-    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "off")
+    with _fastpath.overrides(compile=False, cpu_kernel=False):
+        yield
 
 
 @pytest.fixture
-def cpu_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run the fast path through the C++ CPU kernel only: the per-tensor passes must not run."""
+def cpu_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run the fast path through the C++ CPU kernel only: the flat-buffer passes must not run."""
     if _cpu_kernel.load() is None:
         pytest.skip("the HVAdam CPU kernel cannot be built here (no C++ compiler)")
 
     def not_expected(*args, **kwargs):
-        raise AssertionError("the per-tensor fast path ran instead of the CPU kernel")
+        raise AssertionError("the flat-buffer passes ran instead of the CPU kernel")
 
-    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "auto")
-    monkeypatch.setattr(_hvadam, "_run_pass", not_expected)
-    monkeypatch.setattr(_hvadam, "_run_eager", not_expected)
+    monkeypatch.setattr(_hvadam, "_pass", not_expected)
+    with _fastpath.overrides(cpu_kernel=True):
+        yield
 
 
 # --- an independent, literal transcription of ALGORITHMS.md: Python floats, element loops ---
@@ -257,13 +258,10 @@ def test_fast_path_matches_reference_low_precision(
         ("mlp", torch.bfloat16, 0.1),
     ],
 )
-def test_compiled_fast_path_matches_reference(
-    kind: str, dtype: torch.dtype, rtol: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if _hvadam._COMPILE_MODE != "auto":
+def test_compiled_fast_path_matches_reference(kind: str, dtype: torch.dtype, rtol: float) -> None:
+    if not _fastpath.settings.compile:
         pytest.skip("HVADAM_COMPILE=0")
-    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "off")
-    with warnings.catch_warnings(record=True) as log:
+    with warnings.catch_warnings(record=True) as log, _fastpath.overrides(cpu_kernel=False):
         warnings.simplefilter("always")
         _fast_vs_reference(kind, dtype, rtol=rtol)
     fallbacks = [w for w in log if "torch.compile failed" in str(w.message)]
@@ -534,22 +532,23 @@ def test_default_compiles_large_groups_and_runs_small_ones_eagerly(
 ) -> None:
     compiled_calls = []
 
-    def recording_run_pass(fn, key, *args):
-        compiled_calls.append(key)
+    def recording_run(fn, key, *args):
+        if key is not None:
+            compiled_calls.append(key)
         return fn(*args)
 
-    monkeypatch.setattr(_hvadam, "_COMPILE_MODE", "auto")
-    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "off")
-    monkeypatch.setattr(_hvadam, "_run_pass", recording_run_pass)
+    monkeypatch.setattr(_fastpath, "run", recording_run)
     small = torch.zeros(10, requires_grad=True)
-    large = torch.zeros(_hvadam._COMPILE_MIN_NUMEL, requires_grad=True)
-    opt = HVAdam([{"params": [small]}, {"params": [large]}])
-    small.grad, large.grad = torch.ones(10), torch.ones(large.numel())
-    opt.step()
-    assert [key[0] for key in compiled_calls] == ["first", "hidden"]  # the large group only
-    compiled_calls.clear()
-    HVAdam([small], foreach=True).step()  # foreach=True compiles whatever the size
-    assert [key[0] for key in compiled_calls] == ["first", "hidden"]
+    large = torch.zeros(_fastpath.settings.compile_min_numel, requires_grad=True)
+    with _fastpath.overrides(compile=True, cpu_kernel=False):
+        opt = HVAdam([{"params": [small]}, {"params": [large]}])
+        small.grad, large.grad = torch.ones(10), torch.ones(large.numel())
+        opt.step()
+        # The large group only: pass (a), the decision, pass (c).
+        assert [key[0] for key in compiled_calls] == ["first", "decision", "hidden"]
+        compiled_calls.clear()
+        HVAdam([small], foreach=True).step()  # foreach=True compiles whatever the size
+        assert [key[0] for key in compiled_calls] == ["first", "decision", "hidden"]
 
 
 # --- the C++ CPU kernel (one call per pass per group) against the reference ---
@@ -609,12 +608,12 @@ def test_cpu_kernel_bumps_version_counters(cpu_kernel: None) -> None:
     assert p._version > before
 
 
-def test_unbuildable_cpu_kernel_falls_back_to_tensor_passes(
+def test_unbuildable_cpu_kernel_falls_back_to_flat_passes(
     monkeypatch: pytest.MonkeyPatch, eager_fast_path: None
 ) -> None:
-    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "auto")
     monkeypatch.setattr(_cpu_kernel, "_state", {"module": None})
-    _fast_vs_reference("mlp", F64, rtol=1e-10)
+    with _fastpath.overrides(cpu_kernel=True, compile_min_numel=0):
+        _fast_vs_reference("mlp", F64, rtol=1e-10)
 
 
 def test_cpu_kernel_runs_for_large_groups_by_default_and_small_ones_stay_eager(
@@ -636,15 +635,17 @@ def test_cpu_kernel_runs_for_large_groups_by_default_and_small_ones_stay_eager(
         def hidden_pass(self, *args):
             return self.module.hidden_pass(*args)
 
-    monkeypatch.setattr(_hvadam, "_CPU_KERNEL_MODE", "auto")
     monkeypatch.setattr(_cpu_kernel, "load", lambda: Recording(real_load()))
     small = torch.zeros(10, dtype=torch.float64, requires_grad=True)
-    large = torch.zeros(_hvadam._COMPILE_MIN_NUMEL, dtype=torch.float64, requires_grad=True)
-    opt = HVAdam([{"params": [small]}, {"params": [large]}])
-    small.grad = torch.ones(10, dtype=torch.float64)
-    large.grad = torch.ones(large.numel(), dtype=torch.float64)
-    opt.step()
-    assert kernel_groups == [large.numel()]  # the small group ran the eager tensor passes
-    kernel_groups.clear()
-    HVAdam([small], foreach=True).step()  # foreach=True takes the kernel whatever the size
-    assert kernel_groups == [10]
+    large = torch.zeros(
+        _fastpath.settings.compile_min_numel, dtype=torch.float64, requires_grad=True
+    )
+    with _fastpath.overrides(cpu_kernel=True, compile=False):
+        opt = HVAdam([{"params": [small]}, {"params": [large]}])
+        small.grad = torch.ones(10, dtype=torch.float64)
+        large.grad = torch.ones(large.numel(), dtype=torch.float64)
+        opt.step()
+        assert kernel_groups == [large.numel()]  # the small group ran the eager flat passes
+        kernel_groups.clear()
+        HVAdam([small], foreach=True).step()  # foreach=True takes the kernel whatever the size
+        assert kernel_groups == [10]
