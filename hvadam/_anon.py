@@ -50,15 +50,15 @@ class Anon(Optimizer):
     latest refresh, 0 before the first) and ``refreshes`` (how many so far). Whether a step
     refreshes depends only on these host counters, so deciding it never waits on the device.
 
-    ``foreach``: ``False`` runs :func:`anon_reference` tensor by tensor; ``True`` runs the eager
-    multi-tensor :func:`anon_foreach`; ``None`` (default) picks the fastest: on CPU, buckets of at
-    least ``COMPILE_MIN_NUMEL`` elements run a ``torch.compile``'d step that fuses the moment and
-    parameter updates into one pass (compiled once per parameter layout; refresh steps of the
-    doubling schedule run eagerly), everything else runs :func:`anon_foreach`. Compiling takes
-    seconds (tens of seconds for a large model on a busy CPU; the first compile on a machine
-    longer), once per process and layout. If compiling fails the optimizer warns once and stays on
-    the eager path; ``HVADAM_COMPILE=0`` in the environment turns compiling off. On other devices
-    (CUDA) the default is the eager multi-tensor path, which never synchronises with the host.
+    ``foreach``: ``False`` runs :func:`anon_reference` tensor by tensor; ``True`` and ``None``
+    (default) run the fast path: per param group and (device, dtype) the state lives in flat
+    buffers (``self.state[p]`` holds views, so ``state_dict()`` is unchanged) and a step is a few
+    multi-tensor ops (:func:`anon_foreach`) per run of parameters with equal step counts, however
+    many tensors the group has; it never synchronises with the host. With ``None`` on a CPU,
+    buckets of at least 2**20 elements run a ``torch.compile``'d step that fuses the moment and
+    parameter updates into one pass (refresh steps of the doubling schedule run eagerly);
+    compiling takes seconds, once per process and layout. If compiling fails the optimizer warns
+    once and stays eager; ``HVADAM_COMPILE=0`` turns compiling off.
     """
 
     def __init__(

@@ -188,6 +188,7 @@ class Bucket:
         # Work buffers of the gather/scatter passes, and views of them, made at first use.
         self._work: dict[str, tuple[Tensor, list[Tensor]]] = {}
         self._sizes_tensor: Tensor | None = None
+        self._step_slices: dict[tuple[int, int], Tensor] = {}
         known_steps = known_steps or {}
         for i, p in enumerate(params):
             entry = state[p]
@@ -223,35 +224,46 @@ class Bucket:
             found = self._work[name] = (buf, [self._view(buf, i) for i in range(len(self.params))])
         return found
 
+    def step_slice(self, start: int, end: int) -> Tensor:
+        """A view of members [start, end) of the step buffer (made once)."""
+        found = self._step_slices.get((start, end))
+        if found is None:
+            found = self._step_slices[(start, end)] = self.step_buffer[start:end]
+        return found
+
     def sizes_tensor(self) -> Tensor:
         if self._sizes_tensor is None:
-            self._sizes_tensor = torch.tensor(self.sizes, device=self.device)
+            self._sizes_tensor = to_device(torch.tensor(self.sizes), self.device)
         return self._sizes_tensor
 
     def per_element(self, values: list[float], dtype: torch.dtype) -> Tensor:
         """One value per member spread over its elements (for the masked pass)."""
-        host = torch.tensor(values, dtype=dtype)
-        if self.device.type == "cuda":
-            host = host.pin_memory()
         return torch.repeat_interleave(
-            host.to(self.device, non_blocking=True), self.sizes_tensor(), output_size=self.numel
+            host_scalars(values, dtype, self.device), self.sizes_tensor(), output_size=self.numel
         )
 
 
 class Plan:
     """One bucket's share of a step: its members with a gradient (`idx`, in bucket order), their
-    segments, and the lists the passes take. Made once per pattern of gradients and reused."""
+    segments, and the lists the passes take. Kept per pattern of gradients and reused; the
+    segments are found again (`segment`) whenever the plan was not the previous step's, since
+    other patterns in between may have moved the members' step counts apart."""
 
-    def __init__(self, bucket: Bucket, idx: list[int], split: list[Any] | None = None) -> None:
+    def __init__(self, bucket: Bucket, idx: list[int]) -> None:
         self.bucket = bucket
         self.idx = idx
         self.params = [bucket.params[i] for i in idx]
         self.numel = sum(bucket.sizes[i] for i in idx)
-        # Segments: runs of consecutive members whose steps (and `split` keys) are equal. They
-        # stay equal while the same members step together, so a plan is reused as it is.
-        bounds: list[list[int]] = []
-        steps = bucket.steps
-        for i in idx:
+        self._lists: dict[str, list[Tensor]] = {}
+        self._masks: tuple[Tensor, Tensor] | None = None
+        self.mask: Tensor | None = None
+
+    def segment(self, split: list[Any] | None) -> None:
+        """Find the segments: runs of consecutive members whose steps (and `split` keys) are
+        equal. They stay so while the same members step together."""
+        bounds: list[list[Any]] = []
+        steps = self.bucket.steps
+        for i in self.idx:
             key = (steps[i], None if split is None else split[i])
             if bounds and bounds[-1][1] == i and bounds[-1][2] == key:
                 bounds[-1][1] = i + 1
@@ -264,22 +276,23 @@ class Plan:
         for start, end in self.segments:
             self.positions.append((count, count + end - start))
             count += end - start
-        self.masked = len(self.segments) > MAX_SEGMENTS
-        offsets = bucket.offsets
+        offsets = self.bucket.offsets
         self.ranges = [(offsets[start], offsets[end]) for start, end in self.segments]
-        self.whole = self.segments == [(0, len(bucket.params))]
-        if self.masked:
+        self.masked = len(self.segments) > MAX_SEGMENTS
+        self.mask = self._member_masks()[1] if self.masked else None
+        self.step_slices = [self.bucket.step_slice(start, end) for start, end in self.segments]
+
+    def _member_masks(self) -> tuple[Tensor, Tensor]:
+        """(members with a gradient, per member on the step buffer's device; per element)."""
+        if self._masks is None:
+            bucket = self.bucket
             member = torch.zeros(len(bucket.params), dtype=torch.bool)
-            member[idx] = True
-            self.member_mask = member.to(bucket.step_buffer.device)
-            self.mask: Tensor | None = torch.repeat_interleave(
-                member.to(bucket.device), bucket.sizes_tensor(), output_size=bucket.numel
+            member[self.idx] = True
+            per_element = torch.repeat_interleave(
+                to_device(member, bucket.device), bucket.sizes_tensor(), output_size=bucket.numel
             )
-            self.step_slices: list[Tensor] = []
-        else:
-            self.mask = None
-            self.step_slices = [bucket.step_buffer[start:end] for start, end in self.segments]
-        self._lists: dict[str, list[Tensor]] = {}
+            self._masks = (to_device(member, bucket.step_buffer.device), per_element)
+        return self._masks
 
     def views(self, name: str) -> list[Tensor]:
         """The members' views of state buffer `name`, or of work buffer `name`."""
@@ -308,7 +321,7 @@ class Plan:
 
     def count_on_device(self) -> None:
         if self.masked:
-            self.bucket.step_buffer.add_(self.member_mask)
+            self.bucket.step_buffer.add_(self._member_masks()[0])
         else:
             for view in self.step_slices:
                 view.add_(1.0)
@@ -333,6 +346,9 @@ class FlatGroup:
         self.buckets: dict[tuple[torch.device, torch.dtype], Bucket] = {}
         self.member: dict[int, tuple[Bucket, int]] = {}
         self._last: tuple[list[Tensor], list[Plan]] | None = None
+        # Plans by pattern of gradients (parameter ids), so that patterns that alternate
+        # (a layer used every other step) do not rebuild theirs at every step.
+        self._plans: dict[tuple[int, ...], list[Plan]] = {}
 
     def prepare(
         self,
@@ -346,6 +362,13 @@ class FlatGroup:
         last = self._last
         if last is not None and _same(last[0], params):
             return last[1]
+        pattern = tuple(id(p) for p in params)
+        plans = self._plans.get(pattern)
+        if plans is not None:
+            for plan in plans:
+                plan.segment(None if split is None else split(plan.bucket))
+            self._last = (list(params), plans)
+            return plans
         stale = set()
         for p in params:
             found = self.member.get(id(p))
@@ -366,14 +389,19 @@ class FlatGroup:
             self.buckets[key] = bucket
             for i, p in enumerate(members):
                 self.member[id(p)] = (bucket, i)
+            self._plans.clear()  # their buckets are gone
         by_bucket: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for p in params:
             bucket, i = self.member[id(p)]
             by_bucket.setdefault((bucket.device, bucket.dtype), []).append(i)
         plans = []
         for key, idx in by_bucket.items():
-            bucket = self.buckets[key]
-            plans.append(Plan(bucket, idx, None if split is None else split(bucket)))
+            plan = Plan(self.buckets[key], idx)
+            plan.segment(None if split is None else split(plan.bucket))
+            plans.append(plan)
+        if len(self._plans) >= 8:
+            self._plans.clear()
+        self._plans[pattern] = plans
         self._last = (list(params), plans)
         return plans
 
@@ -396,7 +424,11 @@ def check_devices(owner: str, index: int, params: list[Tensor]) -> None:
 
 def host_scalars(values: list[float], dtype: torch.dtype, device: torch.device) -> Tensor:
     """Host numbers as a device tensor without a blocking copy."""
-    host = torch.tensor(values, dtype=dtype)
+    return to_device(torch.tensor(values, dtype=dtype), device)
+
+
+def to_device(host: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on `device`, copied without blocking the host (pinned on CUDA)."""
     if device.type == "cpu":
         return host
     if device.type == "cuda":

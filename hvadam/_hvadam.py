@@ -567,17 +567,20 @@ class HVAdam(torch.optim.Optimizer):
     weight decay never modifies ``p.grad``; no RAdam (rectify) branch.
 
     ``foreach=False`` runs the readable reference (one pure function per tensor; it reads
-    decisions on the host). ``foreach=True`` runs the fast path, which never synchronises host
-    and device during ``step`` and is compiled with ``torch.compile`` where available (the
-    first step compiles two small kernels per dtype, seconds to a minute on a CPU; set
-    ``HVADAM_COMPILE=0`` to stay eager). ``foreach=None`` (the default) runs the fast path,
-    compiled on CUDA and for groups of at least 2**20 elements, eagerly for smaller groups on a
-    CPU (where compiling costs more than a small model's whole run saves). On a CPU, where a
-    group would be compiled (``foreach=True``, or ``None`` and at least 2**20 elements), a C++
-    kernel runs instead that does each pass over a whole group in one call (built with
-    ``torch.utils.cpp_extension`` at first use, about a minute, then cached on disk; set
-    ``HVADAM_CPU_KERNEL=0`` to use the passes above; where it cannot be built HVAdam warns once
-    and uses them).
+    decisions on the host). ``foreach=True`` or ``None`` (the default) runs the fast path, which
+    never synchronises host and device during ``step`` and whose cost per step does not grow
+    with the number of parameter tensors: per param group and (device, dtype) the state lives in
+    flat buffers (``self.state[p]`` holds views of them, so ``state_dict()`` is unchanged), the
+    gradients and parameters are gathered into two flat work buffers (twice the group's
+    parameter memory, kept between steps), each pass runs once over the buffers, and the
+    parameters are copied back. The passes are compiled with ``torch.compile`` on CUDA and, on a
+    CPU, with ``foreach=True`` or for groups of at least 2**20 elements (the first step compiles
+    three small graphs, seconds to a minute; ``HVADAM_COMPILE=0`` stays eager); smaller CPU
+    groups run them eagerly. On a CPU, where a group would be compiled, a C++ kernel runs
+    instead, in place and one call per pass per group (built with ``torch.utils.cpp_extension``
+    at first use, then cached on disk; ``HVADAM_CPU_KERNEL=0`` uses the passes; where it cannot
+    be built HVAdam warns once and uses them). See ``hvadam._fastpath`` for the layout. A param
+    group's parameters must share one device (the hidden-vector step is group-wide).
 
     Group-level state lives in ``param_group["hv_state"]`` (so ``state_dict()`` carries it):
     ``flag`` (restart pending), ``e`` (cosine average), ``n`` (its count), and for diagnostics

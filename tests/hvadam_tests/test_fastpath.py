@@ -77,7 +77,7 @@ def test_ops_per_step_do_not_grow_with_the_number_of_tensors(name: str, groups: 
 
 @pytest.mark.slow
 def test_compiled_step_calls_three_graphs_whatever_the_number_of_tensors() -> None:
-    if not _fastpath.settings.compile:
+    if not _fastpath.Settings.from_environment().compile:
         pytest.skip("HVADAM_COMPILE=0")
 
     def profile(n: int) -> dict[str, int]:
@@ -95,6 +95,18 @@ def test_compiled_step_calls_three_graphs_whatever_the_number_of_tensors() -> No
 
     few, many = profile(10), profile(200)
     assert "cpu" not in _fastpath._compile_broken
+    # New bias corrections and learning rates every step reuse the graphs: no recompiles.
+    from torch._dynamo.utils import counters
+
+    opt = HVAdam(_tensors(30), foreach=True)
+    with _fastpath.overrides(compile=True):
+        opt.step()
+        opt.step()
+        compiled_frames = counters["frames"]["ok"]
+        for step in range(5):
+            opt.param_groups[0]["lr"] = 1e-3 * (step + 2)
+            opt.step()
+    assert counters["frames"]["ok"] == compiled_frames
     # pass (a), the decision, pass (c); the gather, gather and scatter are one op each
     assert few["compiled graph"] == many["compiled graph"] == 3
     assert few["aten::_foreach_copy_"] == many["aten::_foreach_copy_"] == 3
