@@ -1,4 +1,4 @@
-"""Milliseconds per optimizer step on ResNet-18's parameter shapes, as ratios to fused Adam.
+"""Milliseconds per optimizer step on a model's parameter shapes, as ratios to fused Adam.
 
 Every optimizer steps the same shapes with fixed random gradients, after warm-up (which also
 pays HVAdam's one-off torch.compile); ratios are to torch.optim.Adam(fused=True) measured in the
@@ -8,7 +8,7 @@ readable reference paths (``foreach=False`` of HVAdam and Anon) read their decis
 by design, so they are timed without that check (marked in the table).
 
     PYTHONPATH=$PWD python benchmarks/step_time.py [--device cpu|cuda] [--steps N]
-        [--warmup N] [--markdown]
+        [--warmup N] [--markdown] [--shapes resnet18|transformer-350m] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -33,6 +33,24 @@ def resnet18_shapes() -> list[torch.Size]:
     import torchvision
 
     return [p.shape for p in torchvision.models.resnet18().parameters()]
+
+
+def transformer_shapes(
+    layers: int = 24, width: int = 1024, vocab: int = 50304, context: int = 1024
+) -> list[torch.Size]:
+    """A GPT-2-medium-like decoder's parameter shapes (about 355 M parameters)."""
+    shapes = [torch.Size([vocab, width]), torch.Size([context, width])]
+    for _ in range(layers):
+        shapes += [torch.Size([width]), torch.Size([width])]  # layer norm
+        shapes += [torch.Size([3 * width, width]), torch.Size([3 * width])]  # qkv
+        shapes += [torch.Size([width, width]), torch.Size([width])]  # attention out
+        shapes += [torch.Size([width]), torch.Size([width])]  # layer norm
+        shapes += [torch.Size([4 * width, width]), torch.Size([4 * width])]  # mlp in
+        shapes += [torch.Size([width, 4 * width]), torch.Size([width])]  # mlp out
+    return [*shapes, torch.Size([width]), torch.Size([width])]
+
+
+SHAPES = {"resnet18": resnet18_shapes, "transformer-350m": transformer_shapes}
 
 
 def make_params(shapes: list[torch.Size], device: str, seed: int = 0) -> list[torch.Tensor]:
@@ -103,10 +121,13 @@ def time_steps(
     return samples
 
 
-def run(device: str, steps: int, warmup: int) -> list[tuple[str, float, float, float]]:
-    shapes = resnet18_shapes()
+def run(
+    device: str, steps: int, warmup: int, shapes: list[torch.Size], only: list[str] | None = None
+) -> list[tuple[str, float, float, float]]:
     opts = {}
     for name, factory in candidates().items():
+        if only and name != "Adam fused" and not any(name.startswith(o) for o in only):
+            continue
         params = make_params(shapes, device)
         opt = factory(params)
         for _ in range(warmup):
@@ -133,13 +154,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default="resnet18")
+    parser.add_argument(
+        "--only", nargs="*", help="candidates whose names start so (fused Adam always runs)"
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda"):
         print("sync-checked (set_sync_debug_mode('error')): every row but the reference paths")
-    n_params = sum(s.numel() for s in resnet18_shapes())
-    rows = run(args.device, args.steps, args.warmup)
+    shapes = SHAPES[args.shapes]()
+    n_params = sum(s.numel() for s in shapes)
+    rows = run(args.device, args.steps, args.warmup, shapes, args.only)
     title = (
-        f"step time on {args.device}, ResNet-18 shapes ({n_params / 1e6:.1f} M params), "
+        f"step time on {args.device}, {args.shapes} shapes ({len(shapes)} tensors, "
+        f"{n_params / 1e6:.1f} M params), "
         f"best and median of {args.steps} steps after {args.warmup} warm-up, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
