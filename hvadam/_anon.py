@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -116,7 +116,7 @@ class Anon(Optimizer):
         self.__dict__.pop("_flat_groups", None)  # the loaded state is packed at the next step
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
@@ -163,7 +163,7 @@ class Anon(Optimizer):
             step = int(state["step"].item())  # a CPU tensor: no device synchronisation
             span, first = _refresh(state, step, group["refresh"])
             anon_reference(
-                p, p.grad, state["m"], state["s"], state["P"],
+                p, cast(Tensor, p.grad), state["m"], state["s"], state["P"],
                 **_hyper(group), step=step, refresh_span=span, first_refresh=first,
             )  # fmt: skip
 
@@ -210,7 +210,7 @@ def _fast_step(group: dict[str, Any], params: list[Tensor], state: Any, flat: Fl
     schedule = group["refresh"]
     for plan in flat.prepare(group["params"], params, state, split=last_refresh):
         bucket = plan.bucket
-        grads = [p.grad for p in plan.params]
+        grads = cast(list[Tensor], [p.grad for p in plan.params])
         lists = [plan.params, grads, *(plan.views(name) for name in _STATE)]
         for (a, b), step in zip(plan.positions, plan.advance(), strict=True):
             members = plan.params[a:b]
@@ -219,7 +219,7 @@ def _fast_step(group: dict[str, Any], params: list[Tensor], state: Any, flat: Fl
                 for p in members[1:]:
                     _refresh(state[p], step, schedule)
             segment = lists if (a, b) == (0, len(plan.params)) else [x[a:b] for x in lists]
-            kwargs = dict(hyper, step=step, refresh_span=span, first_refresh=first)
+            kwargs = {**hyper, "step": step, "refresh_span": span, "first_refresh": first}
             if (
                 group["foreach"] is None
                 and bucket.device.type == "cpu"
@@ -315,14 +315,14 @@ def anon_foreach(
     if not params:
         return
     if maximize:
-        grads = torch._foreach_neg(grads)
+        grads = list(torch._foreach_neg(grads))
     if weight_decay != 0:
         if decoupled_weight_decay:
             torch._foreach_mul_(params, 1 - lr * weight_decay)
         elif maximize:  # grads is already our own copy
             torch._foreach_add_(grads, params, alpha=weight_decay)
         else:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+            grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
     torch._foreach_lerp_(ms, grads, 1 - beta1)
     torch._foreach_mul_(ss, beta2)
     torch._foreach_addcmul_(ss, grads, grads, value=1 - beta2)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import types
 import warnings
 from collections.abc import Callable, Iterator
@@ -109,7 +110,9 @@ def _compiled_variant(fn: Callable[..., Any], key: tuple[Any, ...]) -> Callable[
     compiled = _compiled.get(key)
     if compiled is None:
         name = f"{fn.__name__}_{abs(hash(key)):x}"
-        code = fn.__code__.replace(co_name=name, co_qualname=name)
+        code = fn.__code__.replace(co_name=name)
+        if sys.version_info >= (3, 11):
+            code = code.replace(co_qualname=name)
         clone = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
         compiled = torch.compile(clone, dynamic=True, fullgraph=True)
         _compiled[key] = compiled
@@ -173,9 +176,11 @@ class Bucket:
             self.offsets.append(self.offsets[-1] + size)
         self.numel = self.offsets[-1]
         self.names = names
-        kw = {"device": self.device, "dtype": self.dtype}
         self.buffers = {
-            name: torch.full((self.numel,), init.get(name, 0.0), **kw) for name in names
+            name: torch.full(
+                (self.numel,), init.get(name, 0.0), device=first.device, dtype=first.dtype
+            )
+            for name in names
         }
         self.views: dict[str, list[Tensor]] = {
             name: [self._view(buf, i) for i in range(len(params))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -420,7 +420,7 @@ def _fast_group_step(
     group_state = [gs["flag"], gs["e"], gs["n"], gs["restarts"], gs["skips"], gs["hv_step"]]
     unit = group["adaptivity"] == 1.0
     amsgrad = run.amsgrad
-    grads = [[p.grad for p in plan.params] for plan in plans]
+    grads = [cast(list[Tensor], [p.grad for p in plan.params]) for plan in plans]
     if (
         _fastpath.use_cpu_kernel(device, foreach, numel)
         and hp.dtype == torch.float64
@@ -434,7 +434,7 @@ def _fast_group_step(
     wd = float(group["weight_decay"])
     decay = "none" if wd == 0 else "decoupled" if group["decoupled_weight_decay"] else "coupled"
     maximize = group["maximize"]
-    corrections = []
+    corrections: list[list[tuple[int, int, float | Tensor, float | Tensor]]] = []
     sums = None
     for plan, plan_grads in zip(plans, grads, strict=True):
         bucket = plan.bucket
@@ -444,6 +444,7 @@ def _fast_group_step(
         torch._foreach_copy_(plan.views("param"), plan.params)
         state_bufs = [bucket.buffers[name] for name in _STATE]
         s_max = bucket.buffers["max_exp_avg_var"] if amsgrad else None
+        pieces: list[tuple[int, int, float | Tensor, float | Tensor]]
         if plan.masked:
             plan.advance()
             bc1s, bc2s = _bias_corrections(bucket.steps, beta1, beta2, unit)
@@ -470,10 +471,10 @@ def _fast_group_step(
         bucket = plan.bucket
         th_buf = bucket.work("param")[0]
         m, v = bucket.buffers["exp_avg"], bucket.buffers["hidden"]
-        key = ("hidden", device.type, bucket.dtype, plan.masked)
+        hidden_key = ("hidden", device.type, bucket.dtype, plan.masked)
         for lo, hi, b1, _ in pieces:
             args = (th_buf, m, v, plan.mask, b1, decision)
-            _pass(_hidden_pass, _hidden_bounded, key, compile_, plan, lo, hi, args)
+            _pass(_hidden_pass, _hidden_bounded, hidden_key, compile_, plan, lo, hi, args)
         torch._foreach_copy_(plan.params, plan.views("param"))
 
 
@@ -673,7 +674,7 @@ class HVAdam(torch.optim.Optimizer):
     def _reference_items(
         self, group: dict[str, Any], params: list[Tensor]
     ) -> list[tuple[Tensor, Tensor, dict[str, Any]]]:
-        items = []
+        items: list[tuple[Tensor, Tensor, dict[str, Any]]] = []
         for param in params:
             state = self.state[param]
             if not state:
@@ -684,7 +685,7 @@ class HVAdam(torch.optim.Optimizer):
                 state["max_exp_avg_var"] = torch.zeros_like(
                     param, memory_format=torch.preserve_format
                 )
-            items.append((param, param.grad, state))
+            items.append((param, cast(Tensor, param.grad), state))
         return items
 
     @torch.no_grad()
