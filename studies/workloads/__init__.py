@@ -75,6 +75,7 @@ _REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ptb-lstm1": ("studies.workloads.ptb", "PennTreebank", {"layers": 1}),
     "ptb-lstm2": ("studies.workloads.ptb", "PennTreebank", {"layers": 2}),
     "ptb-lstm3": ("studies.workloads.ptb", "PennTreebank", {"layers": 3}),
+    "gpt-text": ("studies.workloads.gpt_text", "GPTText", {}),
 }  # fmt: skip
 
 _USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
