@@ -76,6 +76,10 @@ _REGISTRY: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ptb-lstm2": ("studies.workloads.ptb", "PennTreebank", {"layers": 2}),
     "ptb-lstm3": ("studies.workloads.ptb", "PennTreebank", {"layers": 3}),
     "gpt-text": ("studies.workloads.gpt_text", "GPTText", {}),
+    "ddpm-digits": ("studies.workloads.ddpm", "DDPM", {"dataset": "digits"}),
+    "ddpm-cifar10": ("studies.workloads.ddpm", "DDPM", {"dataset": "cifar10"}),
+    "gan-digits": ("studies.workloads.gan", "GAN", {"dataset": "digits"}),
+    "gan-cifar10": ("studies.workloads.gan", "GAN", {"dataset": "cifar10"}),
 }  # fmt: skip
 
 _USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
