@@ -2,6 +2,7 @@
 
     name: digits                        # campaign name; studies are named <name>/<optimizer>
     workload: {name: digits-mlp, options: {epochs: 4}}   # or just `workload: digits-mlp`
+    # or your own: {name: "my_tasks:train", metric: {name: val_loss, direction: minimize}}
     optimizers: [hvadam, anon, adam]    # or a mapping: name -> search-space overrides
     budget: {trials: 8, max_epochs: 4}  # trials per optimizer; max_epochs optional
     sampler: tpe                        # tpe | random | cmaes | gp | grid
@@ -104,12 +105,20 @@ class CampaignSpec:
     source: str = "<dict>"
     # Resources per trial, concurrency, Ray scheduler (studies/execution.py); not hashed.
     execution: Any = None
+    # A function workload's metric ({name, direction}); hashed when given.
+    workload_metric: dict[str, Any] | None = None
+    # The spec file's directory: user workload modules are imported from it first; not hashed.
+    base_dir: str | None = None
 
     def normalized(self) -> dict[str, Any]:
         """The spec with every default filled in, in one canonical form (what the hash covers)."""
         return {
             "name": self.name,
-            "workload": {"name": self.workload, "options": copy.deepcopy(self.workload_options)},
+            "workload": {
+                "name": self.workload,
+                "options": copy.deepcopy(self.workload_options),
+                **({"metric": dict(self.workload_metric)} if self.workload_metric else {}),
+            },
             "optimizers": {
                 e.label: {
                     **({"space": e.space} if e.space != e.label else {}),
@@ -153,9 +162,7 @@ class CampaignSpec:
             k: _expand(self, f"workload.options.{k}", v) for k, v in self.workload_options.items()
         }
         if self.max_epochs is not None:
-            from studies.workloads import workload_class
-
-            known = workload_class(self.workload).OPTIONS
+            known = self.workload_class().OPTIONS
             if "epochs" in known:
                 options["epochs"] = self.max_epochs
             elif "steps" in known and "report_every" in known:
@@ -168,15 +175,41 @@ class CampaignSpec:
                 )
         return options
 
-    def build_workload(self) -> Any:
-        """The campaign's workload object; option problems become `SpecError` naming the key."""
-        from studies.workloads import get_workload
+    def workload_class(self) -> Any:
+        """The class behind `workload.name` (a user module is imported here, once)."""
+        from studies.workloads import workload_class
 
+        try:
+            return workload_class(self.workload, base_dir=self.base_dir)
+        except ValueError as exc:
+            raise SpecError(f"spec {self.source}: workload.name: {exc}") from None
+
+    def build_workload(self) -> Any:
+        """The campaign's workload object; problems become `SpecError` naming the key."""
+        from studies.workloads import FunctionWorkload, OptionError, load_workload
+
+        klass = self.workload_class()
+        is_function = issubclass(klass, FunctionWorkload)
+        if is_function and not self.workload_metric:
+            raise SpecError(
+                f"spec {self.source}: workload.metric: missing; {self.workload!r} is a function, "
+                "so the spec names its metric, like {name: val_loss, direction: minimize}"
+            )
+        if not is_function and self.workload_metric:
+            raise SpecError(
+                f"spec {self.source}: workload.metric: only for a function workload; "
+                f"{self.workload!r} defines its own ({klass.metric}, {klass.direction})"
+            )
         options = self.resolved_workload_options()
         try:
-            return get_workload(self.workload, **options)
+            return load_workload(
+                self.workload, options, metric=self.workload_metric, base_dir=self.base_dir
+            )
+        except OptionError as exc:
+            raise SpecError(f"spec {self.source}: workload.options: {exc}") from None
         except ValueError as exc:
-            raise SpecError(f"spec {self.source}: workload: {exc}") from None
+            key = "workload.metric" if "'metric" in str(exc) else "workload"
+            raise SpecError(f"spec {self.source}: {key}: {exc}") from None
 
     def load_spaces(self) -> dict[str, Any]:
         """label -> `SearchSpace`, each checked; problems become `SpecError` naming the key."""
@@ -298,7 +331,7 @@ def parse_spec(
     if not isinstance(description, str):
         raise fail("description", f"must be a string, got {description!r}")
 
-    workload, options = _parse_workload(data["workload"], fail)
+    workload, options, metric = _parse_workload(data["workload"], fail)
     optimizers = _parse_optimizers(data["optimizers"], fail, base_dir)
 
     budget = data["budget"]
@@ -358,6 +391,8 @@ def parse_spec(
         device=device,
         description=description,
         source=source,
+        workload_metric=metric,
+        base_dir=None if base_dir is None else str(Path(base_dir).resolve()),
     )
 
 
@@ -367,16 +402,25 @@ def _positive_int(value: Any, key: str, fail: Any) -> int:
     return value
 
 
-def _parse_workload(value: Any, fail: Any) -> tuple[str, dict[str, Any]]:
-    from studies.workloads import available_workloads
+def _parse_workload(value: Any, fail: Any) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    from studies.workloads import available_workloads, is_user_workload
 
+    metric = None
     if isinstance(value, str):
         name, options = value, {}
     elif isinstance(value, Mapping):
         if "name" not in value:
             raise fail("workload.name", "missing (the workload's registered name)")
         name = value["name"]
-        options = {str(k): v for k, v in value.items() if k not in ("name", "options")}
+        metric = value.get("metric")
+        if metric is not None:
+            if not isinstance(metric, Mapping):
+                raise fail(
+                    "workload.metric",
+                    f"must be a mapping like {{name: val_loss, direction: minimize}}, got {metric!r}",
+                )
+            metric = {str(k): v for k, v in metric.items()}
+        options = {str(k): v for k, v in value.items() if k not in ("name", "options", "metric")}
         nested = value.get("options") or {}
         if not isinstance(nested, Mapping):
             raise fail("workload.options", f"must be a mapping, got {nested!r}")
@@ -389,10 +433,16 @@ def _parse_workload(value: Any, fail: Any) -> tuple[str, dict[str, Any]]:
             "workload",
             f"must be a workload name or a mapping with 'name' and options, got {value!r}",
         )
+    if is_user_workload(name):
+        return name, options, metric
     known = available_workloads()
     if name not in known:
-        raise fail("workload.name", f"unknown workload {name!r}; known: {', '.join(known)}")
-    return name, options
+        raise fail(
+            "workload.name",
+            f"unknown workload {name!r}; known: {', '.join(known)} "
+            "(or 'module:function' / 'module:Class' for your own)",
+        )
+    return name, options, metric
 
 
 def _parse_optimizers(

@@ -134,7 +134,7 @@ def test_bad_space_override_and_bad_workload_option_fail_the_check(tmp_path):
     with pytest.raises(SpecError, match=r"optimizers\.adam: .*no_such_param"):
         bad_space.check()
     bad_option = parse_spec(spec_with(workload={"name": "valley2d", "options": {"stepz": 3}}))
-    with pytest.raises(SpecError, match=r"workload: .*'stepz'"):
+    with pytest.raises(SpecError, match=r"workload\.options: .*'stepz'"):
         bad_option.check()
 
 
