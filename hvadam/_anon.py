@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from hvadam import _cpu_kernel
 from hvadam._checks import check_common, in_range
 
 __all__ = ["Anon", "anon_foreach", "anon_reference"]
@@ -178,7 +179,9 @@ class Anon(Optimizer):
                     for p, g, m, s, P in zip(*lists, strict=True):
                         anon_reference(p, g, m, s, P, **kwargs)
                 elif foreach is None and _use_compiled(device, lists[0], span, group["refresh"]):
-                    _anon_compiled(*lists, **kwargs)
+                    # The C++ CPU kernel where it builds, else the compiled step.
+                    if not _cpu_kernel.anon_update(*lists, **kwargs):
+                        _anon_compiled(*lists, **kwargs)
                 else:
                     anon_foreach(*lists, **kwargs)
         return loss

@@ -205,10 +205,7 @@ def _reference_group_step(
 # into a few huge kernels: ResNet-18's 62 tensors took 11 minutes to compile and 400 ms a step.
 # ----------------------------------------------------------------------------------------------
 
-_HP_FIELDS = (
-    "lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "gamma",
-    "half_adaptivity", "wd_coupled", "decay", "sign", "restart_threshold", "lo", "hi",
-)  # fmt: skip
+_HP_FIELDS = _cpu_kernel.HVADAM_HP_FIELDS
 
 # With foreach=None, groups below this many elements on a CPU run the fast path eagerly: compiling
 # takes seconds to a minute, more than a small model's (a 2-D valley, a small MLP) whole run saves.
