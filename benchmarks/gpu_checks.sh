@@ -16,5 +16,5 @@ $py -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
 timeout 130 $py benchmarks/cuda_sync_check.py 2>&1 | tee "$out/sync_check.txt"
 timeout 80 $py benchmarks/step_time.py --device cuda --markdown 2>&1 | tee "$out/step_time.md"
 timeout 100 $py benchmarks/step_time.py --device cuda --markdown --shapes transformer-350m \
-    --steps 10 --only "HVAdam default" "Anon default" "Adam foreach" 2>&1 | tee "$out/step_time_350m.md"
+    --steps 10 --only "HVAdam default,Anon default,Adam foreach" 2>&1 | tee "$out/step_time_350m.md"
 timeout 150 $py benchmarks/cifar_epoch.py --device cuda --workers 8 2>&1 | tee "$out/cifar_epoch.txt"

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from hvadam import _fastpath
+from hvadam import _cpu_kernel, _fastpath
 from hvadam._checks import check_common, in_range
 from hvadam._fastpath import Bucket, FlatGroup
 
@@ -211,6 +211,12 @@ def _fast_step(group: dict[str, Any], params: list[Tensor], state: Any, flat: Fl
     for plan in flat.prepare(group["params"], params, state, split=last_refresh):
         bucket = plan.bucket
         grads = cast(list[Tensor], [p.grad for p in plan.params])
+        # Large CPU buckets with the default foreach=None: the C++ kernel, else one compiled pass.
+        accelerate = (
+            group["foreach"] is None
+            and bucket.device.type == "cpu"
+            and _fastpath.accelerate(bucket.device, None, plan.numel)
+        )
         lists = [plan.params, grads, *(plan.views(name) for name in _STATE)]
         for (a, b), step in zip(plan.positions, plan.advance(), strict=True):
             members = plan.params[a:b]
@@ -220,9 +226,10 @@ def _fast_step(group: dict[str, Any], params: list[Tensor], state: Any, flat: Fl
                     _refresh(state[p], step, schedule)
             segment = lists if (a, b) == (0, len(plan.params)) else [x[a:b] for x in lists]
             kwargs = {**hyper, "step": step, "refresh_span": span, "first_refresh": first}
+            if accelerate and _cpu_kernel.anon_update(*segment, **kwargs):
+                continue  # the C++ kernel: one call, in place
             if (
-                group["foreach"] is None
-                and bucket.device.type == "cpu"
+                accelerate
                 and not (span and schedule != "every")  # rare refreshes: no second graph
                 and _fastpath.use_compile(bucket.device, None, plan.numel)
             ):

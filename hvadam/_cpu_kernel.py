@@ -1,238 +1,224 @@
-"""HVAdam's CPU kernels as a C++ extension: one call per pass per group, built at first use.
+"""HVAdam's and Anon's CPU kernels as a C++ extension at the machine's vector width.
 
-The fast path's passes (a) and (c) (see _hvadam.py) loop over every tensor of a group in C++,
-so a step costs two Python-to-C++ calls per group instead of two compiled calls per tensor.
-The per-element arithmetic follows _fast_first_update / _fast_hidden_update operation by
-operation (low precision computed in float32 and rounded when stored; the group sums in double).
-Built with torch.utils.cpp_extension.load_inline and cached on disk by torch
-(TORCH_EXTENSIONS_DIR); `load()` returns None, once warned, where it cannot be built.
+The C++ source is ``hvadam/csrc/cpu_kernel.cpp`` (package data). Its loops use ATen's
+``at::vec::Vectorized<T>``, so one source builds for each instruction set torch dispatches to:
+``avx512``, ``avx2`` and the baseline ``default``. `load()` builds (once, then cached on disk by
+torch in TORCH_EXTENSIONS_DIR) and imports the build for this CPU's
+``torch.backends.cpu.get_cpu_capability()``; a CPU without AVX2 or AVX-512 gets the baseline
+build. The build's name holds a hash of the source, the compiler flags, the instruction set and
+the torch version, so an edited source, another ISA or another torch never reuses a stale build
+(a home directory shared by machines of different kinds included).
+
+HVAdam (passes (a) and (c) of _hvadam.py's fast path; one call per pass per group):
+``first_pass(params, grads, ms, ss, vs, s_maxs, steps, hp, bcs, unit) -> Tensor[3]`` and
+``hidden_pass(params, ms, vs, bcs, decision) -> None``. hp is a float64 tensor in the layout
+HVADAM_HP_FIELDS; the C++ enum of its indices is generated from that tuple and prepended to the
+source. Anon: `anon_update` (same semantics as ``hvadam._anon.anon_foreach``).
+
+The per-element arithmetic follows _fast_first_update / _fast_hidden_update (and
+anon_foreach) operation by operation; every build does the same operations in the same order
+(no fused multiply-add), so the builds agree bit for bit; low precision is computed in float32
+and rounded when stored; the group sums are accumulated in double in an order that depends
+neither on the vector width nor on the number of threads. `load()` returns None, once warned,
+where the kernel cannot be built; HVADAM_CPU_KERNEL=0 turns the kernels off.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import warnings
+from importlib import resources
 from typing import Any
 
-_CPP = r"""
-#include <torch/extension.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <torch/csrc/autograd/variable.h>
-#include <algorithm>
-#include <cmath>
-#include <vector>
+import torch
+from torch import Tensor
 
-namespace {
+from hvadam import _fastpath
 
-// Elements below which a tensor's loop runs on one thread (OpenMP's start-up costs more).
-constexpr int64_t kParallelMin = 1 << 15;
-// Elements whose group sums are accumulated in the compute type before joining the double sums.
-constexpr int64_t kBlock = 256;
+__all__ = ["ANON_HP_FIELDS", "HVADAM_HP_FIELDS", "ISAS", "anon_update", "load", "machine_isa"]
 
-// hp layout: _HP_FIELDS in _hvadam.py.
-struct Hyper {
-  double lr, beta1, omb1, beta2, omb2, eps, gamma, half_a, wd, decay, sign;
-};
+# The layout of HVAdam's hp tensor (built by _hvadam._hyperparameters; read by first_pass).
+HVADAM_HP_FIELDS = (
+    "lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "gamma",
+    "half_adaptivity", "wd_coupled", "decay", "sign", "restart_threshold", "lo", "hi",
+)  # fmt: skip
 
-template <typename scalar_t, bool kUnit, bool kAms>
-void first_one(scalar_t* __restrict__ P, const scalar_t* __restrict__ G, scalar_t* __restrict__ M,
-               scalar_t* __restrict__ S, const scalar_t* __restrict__ V, scalar_t* __restrict__ SM,
-               int64_t n, const Hyper& h, double bc0d, double bc1d, double* sums) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  // Scalars are rounded to the compute type, as tensor ops do with 0-d tensors.
-  const opmath_t lr = h.lr, beta1 = h.beta1, omb1 = h.omb1, beta2 = h.beta2, omb2 = h.omb2,
-                 eps = h.eps, gamma = h.gamma, half_a = h.half_a, wd = h.wd, decay = h.decay,
-                 sign = h.sign, bc0 = bc0d, bc1 = bc1d;
-  double mm = 0.0, ml = 0.0, ll = 0.0;
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-#pragma omp parallel for reduction(+ : mm, ml, ll) if (n >= kParallelMin)
-  for (int64_t b = 0; b < blocks; ++b) {
-  const int64_t end = std::min(n, (b + 1) * kBlock);
-  // Sums of a block in the compute type (vectorised), the blocks' sums in double.
-  opmath_t bmm = 0, bml = 0, bll = 0;
-#pragma omp simd reduction(+ : bmm, bml, bll)
-  for (int64_t i = b * kBlock; i < end; ++i) {
-    opmath_t theta = static_cast<opmath_t>(P[i]);
-    opmath_t g = static_cast<opmath_t>(G[i]);
-    const opmath_t m0 = static_cast<opmath_t>(M[i]);
-    const opmath_t s0 = static_cast<opmath_t>(S[i]);
-    const opmath_t v = static_cast<opmath_t>(V[i]);
-    g = g * sign;
-    theta = theta * decay;
-    g = g + wd * theta;
-    const opmath_t m = beta1 * m0 + omb1 * g;
-    const opmath_t gv = g - v;
-    const opmath_t p = gv * gv;
-    const opmath_t gm = g - m;
-    const opmath_t r = p / (gm * gm + gamma * p + eps) * p;
-    const opmath_t m_hat = m * bc0;
-    opmath_t s = beta2 * s0 + omb2 * r;
-    bmm += m_hat * m_hat;
-    bml += m_hat * v;
-    bll += v * v;
-    s = s + eps;
-    opmath_t s_used = s;
-    if constexpr (kAms) {
-      const opmath_t sm = static_cast<opmath_t>(SM[i]);
-      // torch.maximum: NaN propagates.
-      s_used = (sm != sm || s != s) ? sm + s : (sm > s ? sm : s);
-      SM[i] = static_cast<scalar_t>(s_used);
-    }
-    opmath_t denom;
-    if constexpr (kUnit) {
-      denom = std::sqrt(s_used) * bc1 + eps;
-    } else {
-      denom = std::pow(s_used * bc1, half_a) + eps;
-    }
-    theta = theta - lr * m_hat / denom;
-    M[i] = static_cast<scalar_t>(m);
-    S[i] = static_cast<scalar_t>(s);
-    P[i] = static_cast<scalar_t>(theta);
-  }
-  mm += static_cast<double>(bmm);
-  ml += static_cast<double>(bml);
-  ll += static_cast<double>(bll);
-  }
-  sums[0] += mm;
-  sums[1] += ml;
-  sums[2] += ll;
-}
+# The layout of the hyperparameters anon_update passes to anon_step.
+ANON_HP_FIELDS = (
+    "neg_lr_bc1", "lerp_weight", "beta2", "one_minus_beta2", "bc2_span", "eps", "adaptivity",
+    "idu_beta", "one_minus_idu_beta", "weight_decay", "decay",
+)  # fmt: skip
 
-template <typename scalar_t>
-void hidden_one(scalar_t* __restrict__ P, const scalar_t* __restrict__ M, scalar_t* __restrict__ V,
-                int64_t n, double bc0d, double kd, double lr_bd, bool restart) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const opmath_t bc0 = bc0d, k = kd, omk = 1.0 - kd, lr_b = lr_bd;
-  if (restart) {
-#pragma omp parallel for simd if (n >= kParallelMin)
-    for (int64_t i = 0; i < n; ++i) {
-      V[i] = static_cast<scalar_t>(static_cast<opmath_t>(M[i]) * bc0);
-    }
-  } else {
-#pragma omp parallel for simd if (n >= kParallelMin)
-    for (int64_t i = 0; i < n; ++i) {
-      const opmath_t m_hat = static_cast<opmath_t>(M[i]) * bc0;
-      const opmath_t v_new = k * static_cast<opmath_t>(V[i]) + omk * m_hat;
-      P[i] = static_cast<scalar_t>(static_cast<opmath_t>(P[i]) - lr_b * v_new);
-      V[i] = static_cast<scalar_t>(v_new);
-    }
-  }
-}
+# Instruction sets with a build, narrowest first; each needs the ones before it.
+ISAS = ("default", "avx2", "avx512")
+_ISA_FLAGS = {
+    "default": [],
+    # As torch's own builds for these capabilities (and inductor's C++ kernels).
+    "avx2": ["-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
+    "avx512": [
+        "-DCPU_CAPABILITY_AVX512", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma",
+    ],
+}  # fmt: skip
+# -ffp-contract=off: no fused multiply-add, so every build rounds like the others and like
+# torch's element-wise ops.
+_BASE_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"]
+_FUNCTIONS = ["first_pass", "hidden_pass", "anon_step", "capability", "float_lanes"]
+_SOURCE = ("csrc", "cpu_kernel.cpp")
 
-double scalar(const torch::Tensor& t, int64_t i) {
-  return t.data_ptr<double>()[i];
-}
-
-void check(const torch::Tensor& t, const torch::Tensor& param, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == param.scalar_type() &&
-                  t.numel() == param.numel(),
-              "HVAdam CPU kernel: ", name, " must be a contiguous CPU tensor like its parameter");
-}
-
-}  // namespace
-
-// Pass (a) over a group: increments the step counts, fills bcs [n, 2] (double) with
-// 1/(1-beta1^t) and 1/sqrt(1-beta2^t) (adaptivity 1) or 1/(1-beta2^t), updates m, s (s_max), theta;
-// returns [<m_hat,m_hat>, <m_hat,v>, <v,v>] (double) summed over the group.
-torch::Tensor first_pass(std::vector<torch::Tensor> params, std::vector<torch::Tensor> grads,
-                         std::vector<torch::Tensor> ms, std::vector<torch::Tensor> ss,
-                         std::vector<torch::Tensor> vs, std::vector<torch::Tensor> s_maxs,
-                         std::vector<torch::Tensor> steps, torch::Tensor hp, torch::Tensor bcs,
-                         bool unit) {
-  TORCH_CHECK(hp.scalar_type() == at::kDouble && hp.is_contiguous(), "hp must be double");
-  TORCH_CHECK(bcs.scalar_type() == at::kDouble && bcs.is_contiguous(), "bcs must be double");
-  const bool ams = !s_maxs.empty();
-  const Hyper h{scalar(hp, 0), scalar(hp, 1), scalar(hp, 2), scalar(hp, 3), scalar(hp, 4),
-                scalar(hp, 5), scalar(hp, 6), scalar(hp, 7), scalar(hp, 8), scalar(hp, 9),
-                scalar(hp, 10)};
-  double* bc = bcs.data_ptr<double>();
-  double sums[3] = {0.0, 0.0, 0.0};
-  for (size_t j = 0; j < params.size(); ++j) {
-    const auto& p = params[j];
-    check(grads[j], p, "grad");
-    check(ms[j], p, "exp_avg");
-    check(ss[j], p, "exp_avg_var");
-    check(vs[j], p, "hidden");
-    if (ams) check(s_maxs[j], p, "max_exp_avg_var");
-    TORCH_CHECK(p.device().is_cpu() && p.is_contiguous(), "parameters must be contiguous CPU tensors");
-    TORCH_CHECK(steps[j].scalar_type() == at::kFloat, "step must be float32");
-    float* step = steps[j].data_ptr<float>();
-    *step += 1.0f;
-    const double t = static_cast<double>(*step);
-    const double bc2 = 1.0 - std::pow(h.beta2, t);
-    bc[2 * j] = 1.0 / (1.0 - std::pow(h.beta1, t));
-    bc[2 * j + 1] = 1.0 / (unit ? std::sqrt(bc2) : bc2);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "hvadam_first", [&] {
-      scalar_t* SM = ams ? s_maxs[j].data_ptr<scalar_t>() : nullptr;
-      auto run = [&](auto fn) {
-        fn(p.data_ptr<scalar_t>(), grads[j].data_ptr<scalar_t>(), ms[j].data_ptr<scalar_t>(),
-           ss[j].data_ptr<scalar_t>(), vs[j].data_ptr<scalar_t>(), SM, p.numel(), h, bc[2 * j],
-           bc[2 * j + 1], sums);
-      };
-      if (unit && ams) run(first_one<scalar_t, true, true>);
-      else if (unit) run(first_one<scalar_t, true, false>);
-      else if (ams) run(first_one<scalar_t, false, true>);
-      else run(first_one<scalar_t, false, false>);
-    });
-  }
-  // Written through raw pointers: bump the version counters as in-place tensor ops do.
-  for (auto* list : {&params, &ms, &ss, &vs, &s_maxs}) {
-    for (auto& t : *list) torch::autograd::impl::bump_version(t);
-  }
-  return torch::tensor({sums[0], sums[1], sums[2]}, torch::dtype(torch::kDouble));
-}
-
-// Pass (c) over a group: decision = [k, restart, hidden_step, lr*b] (double).
-void hidden_pass(std::vector<torch::Tensor> params, std::vector<torch::Tensor> ms,
-                 std::vector<torch::Tensor> vs, torch::Tensor bcs, torch::Tensor decision) {
-  TORCH_CHECK(decision.scalar_type() == at::kDouble, "decision must be double");
-  const double* d = decision.data_ptr<double>();
-  const double kd = d[0], lr_bd = d[3];
-  const bool restart = d[1] > 0, step = d[2] > 0;
-  if (!restart && !step) return;  // v and theta stay as they are
-  const double* bc = bcs.data_ptr<double>();
-  for (size_t j = 0; j < params.size(); ++j) {
-    const auto& p = params[j];
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "hvadam_hidden", [&] {
-      hidden_one<scalar_t>(p.data_ptr<scalar_t>(), ms[j].data_ptr<scalar_t>(),
-                           vs[j].data_ptr<scalar_t>(), p.numel(), bc[2 * j], kd, lr_bd, restart);
-    });
-    torch::autograd::impl::bump_version(vs[j]);
-    if (step) torch::autograd::impl::bump_version(p);
-  }
-}
-"""
-
-_FUNCTIONS = ["first_pass", "hidden_pass"]
 _lock = threading.Lock()
+# "module": the build for this machine (None where it cannot be built); "module:ISA": others.
 _state: dict[str, Any] = {}
 
 
-def load() -> Any | None:
-    """The built extension module, or None (warned once) where it cannot be built."""
-    if "module" in _state:
-        return _state["module"]
-    with _lock:
-        if "module" not in _state:
-            module = None
-            try:
-                from torch.utils.cpp_extension import load_inline
+def machine_isa() -> str:
+    """The widest of ISAS this CPU runs, from torch's own dispatch decision."""
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if capability.startswith("AVX512"):
+        return "avx512"
+    if capability == "AVX2":
+        return "avx2"
+    return "default"
 
-                module = load_inline(
-                    name="hvadam_cpu_kernel_v2",
-                    cpp_sources=[_CPP],
-                    functions=_FUNCTIONS,
-                    extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"],
-                    extra_ldflags=["-fopenmp"],
-                    verbose=False,
-                )
-            except Exception as error:  # no compiler, no headers, ...
-                warnings.warn(
-                    f"HVAdam: building the CPU kernel failed ({type(error).__name__}: "
-                    f"{str(error)[:200]}); using the compiled fast path",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            _state["module"] = module
-    return _state["module"]
+
+def _enum(name: str, prefix: str, fields: tuple[str, ...]) -> str:
+    items = [f"{prefix}_{field.upper()} = {i}" for i, field in enumerate(fields)]
+    items.append(f"{prefix}_COUNT = {len(fields)}")
+    return f"enum {name} : int64_t {{\n  " + ",\n  ".join(items) + "\n};\n"
+
+
+def header() -> str:
+    """The generated C++ prepended to the source: the hyperparameter layouts as enums."""
+    return (
+        "// Generated by hvadam/_cpu_kernel.py from HVADAM_HP_FIELDS and ANON_HP_FIELDS.\n"
+        "#include <cstdint>\n"
+        + _enum("HVAdamHp", "HV", HVADAM_HP_FIELDS)
+        + _enum("AnonHp", "AN", ANON_HP_FIELDS)
+    )
+
+
+def source() -> str:
+    """The full C++ source: the generated header, then hvadam/csrc/cpu_kernel.cpp."""
+    path = resources.files("hvadam")
+    for part in _SOURCE:
+        path = path / part
+    text = path.read_text(encoding="utf-8")
+    return header() + '#line 1 "cpu_kernel.cpp"\n' + text
+
+
+def flags(isa: str) -> list[str]:
+    """The compiler flags of the build for `isa`."""
+    _check_isa(isa)
+    # A namespace of its own for ATen's vector templates, so builds never share symbols.
+    return [*_BASE_FLAGS, f"-DCPU_CAPABILITY=hvadam_{isa}", *_ISA_FLAGS[isa]]
+
+
+def build_name(isa: str, text: str | None = None) -> str:
+    """The extension's name (and cache directory): the ISA and a hash of source, flags, torch."""
+    text = source() if text is None else text
+    digest = hashlib.sha256()
+    for part in (text, "\0".join(flags(isa)), isa, torch.__version__):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return f"hvadam_cpu_kernel_{isa}_{digest.hexdigest()[:16]}"
+
+
+def _check_isa(isa: str) -> None:
+    if isa not in ISAS:
+        raise ValueError(f"HVAdam CPU kernel: isa must be one of {ISAS}, got {isa!r}")
+
+
+def load(isa: str | None = None) -> Any | None:
+    """The built extension module, or None (warned once) where it cannot be built.
+
+    ``isa=None`` loads the build for this machine (machine_isa()). A named ISA this CPU lacks
+    falls back to the baseline build: a build is never loaded on a CPU without its ISA.
+    """
+    if isa is not None:
+        _check_isa(isa)
+        if ISAS.index(isa) > ISAS.index(machine_isa()):
+            isa = "default"
+    key = "module" if isa is None else f"module:{isa}"
+    if key in _state:
+        return _state[key]
+    with _lock:
+        if key not in _state:
+            _state[key] = _build(machine_isa() if isa is None else isa)
+    return _state[key]
+
+
+def _build(isa: str) -> Any | None:
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        text = source()
+        return load_inline(
+            name=build_name(isa, text),
+            cpp_sources=[text],
+            functions=_FUNCTIONS,
+            extra_cflags=flags(isa),
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as error:  # no compiler, no headers, ...
+        warnings.warn(
+            f"HVAdam: building the CPU kernel ({isa}) failed ({type(error).__name__}: "
+            f"{str(error)[:200]}); using the compiled fast path",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+
+
+def anon_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    ms: list[Tensor],
+    ss: list[Tensor],
+    Ps: list[Tensor],
+    *,
+    step: int,
+    refresh_span: int,
+    first_refresh: bool,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    adaptivity: float,
+    idu_beta: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    maximize: bool,
+) -> bool:
+    """One Anon step with the C++ kernel: `hvadam._anon.anon_foreach`'s arguments and semantics.
+
+    Returns False, having touched nothing, where the kernel is off (HVADAM_CPU_KERNEL=0), cannot
+    be built, or the tensors do not suit it (not on the CPU, dtypes or layouts that differ from
+    their parameter's, overlapping memory); the caller then takes another path. The tensors may
+    be views into larger buffers, and channels-last like their parameter.
+    """
+    if not params:
+        return True
+    if not _fastpath.settings.cpu_kernel:
+        return False
+    kernel = load()
+    if kernel is None:
+        return False
+    values = (
+        -lr / (1 - beta1**step),
+        1 - beta1,
+        beta2,
+        1 - beta2,
+        1 - beta2**refresh_span if refresh_span else 1.0,
+        eps,
+        adaptivity,
+        idu_beta,
+        1 - idu_beta,
+        weight_decay,
+        1 - lr * weight_decay,
+    )
+    refresh = 0 if not refresh_span else 1 if first_refresh else 2
+    wd_mode = 0 if weight_decay == 0 else 2 if decoupled_weight_decay else 1
+    return bool(
+        kernel.anon_step(params, grads, ms, ss, Ps, list(values), refresh, wd_mode, maximize)
+    )

@@ -202,10 +202,7 @@ def _reference_group_step(
 # per pass over the group's tensors in place, no gather or scatter.
 # ----------------------------------------------------------------------------------------------
 
-_HP_FIELDS = (
-    "lr", "beta1", "one_minus_beta1", "beta2", "one_minus_beta2", "eps", "gamma",
-    "half_adaptivity", "wd_coupled", "decay", "sign", "restart_threshold", "lo", "hi",
-)  # fmt: skip
+_HP_FIELDS = _cpu_kernel.HVADAM_HP_FIELDS
 
 _STATE = ("exp_avg", "exp_avg_var", "hidden")
 _AMS_STATE = (*_STATE, "max_exp_avg_var")
