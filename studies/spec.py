@@ -4,7 +4,8 @@
     workload: {name: digits-mlp, options: {epochs: 4}}   # or just `workload: digits-mlp`
     optimizers: [hvadam, anon, adam]    # or a mapping: name -> search-space overrides
     budget: {trials: 8, max_epochs: 4}  # trials per optimizer; max_epochs optional
-    sampler: tpe                        # tpe | random | cmaes | gp | grid
+    sampler: tpe                        # tpe | random | cmaes | gp | grid | qmc, or e.g.
+                                        # {name: grid, points: 5} (studies/samplers.py)
     pruner: median                      # hyperband | median | none
     confirm: {seeds: 3}                 # the best config of each optimizer on K fresh seeds
     seed: 0
@@ -29,6 +30,10 @@ from typing import Any
 
 import yaml
 
+from studies.samplers import PRUNERS as _PRUNER_TABLE
+from studies.samplers import SAMPLERS as _SAMPLER_TABLE
+from studies.samplers import parse_pruner, parse_sampler
+
 __all__ = [
     "PRUNERS",
     "SAMPLERS",
@@ -41,8 +46,9 @@ __all__ = [
     "spec_path",
 ]
 
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "grid")
-PRUNERS = ("hyperband", "median", "none")
+# The names a spec may use: the keys of the one table in studies/samplers.py.
+SAMPLERS = tuple(_SAMPLER_TABLE)
+PRUNERS = tuple(_PRUNER_TABLE)
 TOP_KEYS = (
     "name",
     "description",
@@ -104,6 +110,8 @@ class CampaignSpec:
     source: str = "<dict>"
     # Resources per trial, concurrency, Ray scheduler (studies/execution.py); not hashed.
     execution: Any = None
+    # The sampler's options that differ from its defaults (studies/samplers.py).
+    sampler_options: dict[str, Any] = field(default_factory=dict)
 
     def normalized(self) -> dict[str, Any]:
         """The spec with every default filled in, in one canonical form (what the hash covers)."""
@@ -118,7 +126,11 @@ class CampaignSpec:
                 for e in self.optimizers
             },
             "budget": {"trials": self.trials, "max_epochs": self.max_epochs},
-            "sampler": self.sampler,
+            "sampler": (
+                {"name": self.sampler, **self.sampler_options}
+                if self.sampler_options
+                else self.sampler
+            ),
             "pruner": self.pruner,
             "confirm": {"seeds": self.confirm_seeds},
             "seed": self.seed,
@@ -314,14 +326,8 @@ def parse_spec(
     if max_epochs is not None:
         max_epochs = _positive_int(max_epochs, "budget.max_epochs", fail)
 
-    sampler = data.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise fail("sampler", f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
-    pruner = data.get("pruner", "median")
-    if pruner is None or pruner is False:
-        pruner = "none"
-    if pruner not in PRUNERS:
-        raise fail("pruner", f"unknown pruner {pruner!r}; allowed: {', '.join(PRUNERS)}")
+    sampler, sampler_options = parse_sampler(data.get("sampler", "tpe"), fail)
+    pruner = parse_pruner(data.get("pruner", "median"), fail)
 
     confirm = data.get("confirm", {"seeds": 3})
     if not isinstance(confirm, Mapping):
@@ -352,6 +358,7 @@ def parse_spec(
         trials=trials,
         max_epochs=max_epochs,
         sampler=sampler,
+        sampler_options=sampler_options,
         pruner=pruner,
         confirm_seeds=seeds,
         seed=seed,

@@ -21,12 +21,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from conftest import missing_component
 from optuna.trial import TrialState
 
 from studies.results import compare_frame, curves_frame, runs_frame
 from studies.runner import RunnerConfig, confirm_seed, run_campaign, search_seed
 from studies.spec import load_spec
-from tests.conftest import missing_component
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -54,10 +54,10 @@ def local_ray() -> Iterator[str]:
     try:
         import ray
 
-        from studies.ray_backend import RAY_DEFAULT_ENV, RAY_ENV, _set_ray_env
+        from studies.ray_backend import RAY_DEFAULT_ENV, RAY_ENV, set_ray_env
     except ImportError as exc:
         missing_component(f"Ray is not installed: {exc}")
-    _set_ray_env()
+    set_ray_env()
     temp = tempfile.mkdtemp(prefix="hvr-", dir="/tmp")
     try:
         context = ray.init(

@@ -13,9 +13,9 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from conftest import missing_component
 
 from search_spaces import SearchSpace, SpaceError, available_spaces, load_space
-from tests.conftest import missing_component
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
