@@ -2,9 +2,9 @@
 
 Covers: trials landing in the campaign's Optuna studies (default config first, the same seeds),
 results rows of the same shape as the Optuna backend's, two trials at once, ASHA-stopped trials
-recorded as stopped and never counted, PBT exploits recorded and resumed from checkpoints, the
-confirm phase on Ray, and joining a running Ray with `--address` from the command line without
-the storage password ever showing.
+recorded as stopped and never counted, no early stopping with `pruner: none`, PBT exploits
+recorded and resumed from checkpoints, the confirm phase on Ray, and joining a running Ray with
+`--address` from the command line without the storage password ever showing.
 """
 
 from __future__ import annotations
@@ -217,6 +217,34 @@ def test_pbt_exploits_are_recorded_and_resume_from_the_copied_state(local_ray, t
     assert "pbt_lineage" not in best.user_attrs
     confirm = runs[runs["phase"] == "confirm"]
     assert list(confirm["trial_number"]) == [best.number]
+
+
+def test_pruner_none_stops_no_trial_early_unless_a_scheduler_is_named(local_ray, tmp_path):
+    from studies.ray_backend import run_campaign_ray
+
+    # ASHA settings that stop trials (as above), but no scheduler named: `pruner: none` rules.
+    data = {
+        "name": "nopr",
+        "workload": {"name": "valley2d", "options": {"steps": 20, "report_every": 5}},
+        "optimizers": ["sgd"],
+        "budget": {"trials": 6},
+        "sampler": "random",
+        "pruner": "none",
+        "confirm": {"seeds": 1},
+        "device": "cpu",
+        "max_concurrent": 2,
+        "ray": {"grace_period": 1, "reduction_factor": 2},
+    }
+    spec = load_spec(write_spec(tmp_path, data))
+    url = f"sqlite:///{tmp_path / 'nopr.db'}"
+    run_campaign_ray(spec, RunnerConfig(storage=url))
+    trials = study(url, "nopr/sgd").get_trials()
+    assert len(trials) == 6
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    runs = runs_frame(url, "nopr")
+    assert (runs["status"] == "complete").all(), list(runs["reason"])
+    curves = curves_frame(url, "nopr")
+    assert (curves.groupby("run_id")["epoch"].max() == 4).all()
 
 
 def test_trials_of_an_interrupted_ray_run_are_failed_and_retried_by_the_next_run(

@@ -113,7 +113,8 @@ def run_campaign_ray(
     spec object; progress comes from the database through `poll`).
     """
     del on_event, spec_arg
-    execution = execution or spec.execution or Execution()
+    # `pruner: none` means no early stopping on Ray too, unless a scheduler is named.
+    execution = (execution or spec.execution or Execution()).for_pruner(spec.pruner)
     if workers > 1 and execution.max_concurrent is None:
         execution = execution.with_changes(max_concurrent=workers)
     prepare_campaign(spec, config.storage)
