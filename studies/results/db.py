@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from studies.results.claims import ConfirmClaims
-from studies.results.provenance import git_revision, library_versions, worker_name
+from studies.results.provenance import git_revision, run_provenance, worker_name
 from studies.results.schema import (
     PHASES,
     STATUSES,
@@ -130,7 +130,7 @@ class ResultsDB(ConfirmClaims):
             worker=worker_name(),
             status="running",
             started_at=_now(),
-            versions=library_versions(),
+            versions=run_provenance(device),
             git_revision=git_revision(),
             hyperparameters=jsonable(hyperparameters),
         )

@@ -21,10 +21,10 @@ def jsonable(value: Any) -> Any:
         return int(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return jsonable(value.item())
-    if hasattr(value, "tolist"):
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays (`item` fails on arrays)
         return jsonable(value.tolist())
+    if hasattr(value, "item"):
+        return jsonable(value.item())
     return str(value)
 
 
