@@ -195,7 +195,7 @@ def from_frames(
     first = runs.iloc[0]
     some = next(iter(attrs.values()), {})
     spec = dict(some.get("spec") or {})
-    wl = spec.get("workload") if isinstance(spec.get("workload"), dict) else {}
+    wl: dict[str, Any] = spec["workload"] if isinstance(spec.get("workload"), dict) else {}
     metric = str(first.get("metric") or some.get("metric") or "value")
     direction = str(first.get("direction") or some.get("direction") or "minimize")
     workload = wl.get("name") or some.get("workload") or first.get("workload")

@@ -28,7 +28,7 @@ SHOTS = (
 )
 
 
-WORKLOADS = {
+WORKLOADS: dict[str, dict[str, Any]] = {
     "valley2d": {"function": "valley", "steps": 300, "report_every": 25},
     "digits-mlp": {"epochs": 8, "batch_size": 64},
 }

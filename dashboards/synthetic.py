@@ -86,7 +86,7 @@ def write_synthetic_campaign(
         for opt in optimizers:
             space = load_space(opt)
             study = optuna.create_study(
-                study_name=f"{name}/{opt}", storage=rdb, direction=direction,
+                study_name=f"{name}/{opt}", storage=rdb, direction=optuna.study.StudyDirection[direction.upper()],
                 sampler=optuna.samplers.RandomSampler(seed=seed),
             )  # fmt: skip
             for key, value in {

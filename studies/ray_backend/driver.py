@@ -187,12 +187,14 @@ def _search(
     mode = "max" if workload.direction == "maximize" else "min"
     subs, schedulers = {}, {}
     stops: set[str] = set()
+    scheduler = execution.scheduler
+    assert scheduler is not None  # chosen by Execution.for_pruner in run_campaign_ray
     for i, label in enumerate(spec.labels):
         subs[label] = StudySearch(
             spec=spec,
             label=label,
             storage=storage,
-            scheduler=execution.scheduler,
+            scheduler=scheduler,
             direction=workload.direction,
             sampler_seed=sampler_seed(spec.seed, i),
             scheduler_stops=stops,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = ["finite_or_none", "is_finite_number", "jsonable"]
 
@@ -36,6 +36,6 @@ def finite_or_none(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def is_finite_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> TypeGuard[int | float]:
     """Whether `value` is a finite int or float (not a bool, None, string or array)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
