@@ -10,18 +10,15 @@ recorded and resumed from checkpoints, the confirm phase on Ray, and joining a r
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import optuna
 import pytest
-import yaml
-from conftest import missing_component
+from helpers import missing_component, subprocess_env, write_spec
 from optuna.trial import TrialState
 
 from studies.results import compare_frame, curves_frame, runs_frame
@@ -30,7 +27,6 @@ from studies.spec import load_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "pg-secret-Xy7"  # the conftest PostgreSQL password
 
 DIGITS = {
@@ -73,12 +69,6 @@ def local_ray() -> Iterator[str]:
     yield context.address_info["gcs_address"]
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
-
-
-def write_spec(folder: Path, data: dict) -> Path:
-    path = folder / f"{data['name']}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -311,8 +301,7 @@ def test_cli_joins_a_running_ray_and_never_prints_the_storage_password(
         "device": "cpu",
     }
     spec_file = write_spec(tmp_path, data)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("HVADAM_DEBUG", None)
+    env = subprocess_env()
     proc = subprocess.run(
         [
             sys.executable,

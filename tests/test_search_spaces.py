@@ -14,7 +14,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import missing_component
+from helpers import missing_component
 
 from hvadam.registry import (
     available_optimizers,
