@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from studies.campaign import CampaignError, campaign_complete, prepare_campaign
 from studies.spec import CampaignSpec
@@ -153,7 +152,7 @@ def run_campaign(
         if poll is not None:
             poll()
 
-    procs: list[Any] = []
+    procs: list[_ForkedWorker | subprocess.Popen[bytes]] = []
     fork = start_method(cuda=bool(envs[0])) == "fork"
     if fork:
         _prepare_for_fork(spec)

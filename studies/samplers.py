@@ -21,6 +21,7 @@ __all__ = [
     "SAMPLERS",
     "PrunerKind",
     "SamplerKind",
+    "SamplerOption",
     "grid_space",
     "make_pruner",
     "make_sampler",
@@ -30,12 +31,24 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class SamplerOption:
+    """One option of a sampler: its default, and which values it accepts (`allowed` says so)."""
+
+    default: Any
+    check: Callable[[Any], bool]
+    allowed: str
+
+
+@dataclass(frozen=True)
 class SamplerKind:
-    """One sampler a spec may name: what it is, its options (with defaults), how it is built."""
+    """One sampler a spec may name: what it is, how it is built, its options."""
 
     summary: str
     build: Callable[[SearchSpace, int, dict[str, Any]], optuna.samplers.BaseSampler]
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, SamplerOption] = field(default_factory=dict)
+
+    def defaults(self) -> dict[str, Any]:
+        return {name: option.default for name, option in self.options.items()}
 
 
 def _tpe(space: SearchSpace, seed: int, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
@@ -86,10 +99,24 @@ SAMPLERS: dict[str, SamplerKind] = {
     "cmaes": SamplerKind("CMA-ES", _cmaes),
     "gp": SamplerKind("Gaussian-process Bayesian optimisation", _gp),
     "grid": SamplerKind(
-        "a grid: every categorical choice, `points` values per numeric range", _grid, {"points": 3}
+        "a grid: every categorical choice, `points` values per numeric range",
+        _grid,
+        {
+            "points": SamplerOption(
+                3,
+                lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2,
+                "an integer >= 2",
+            )
+        },
     ),
     "qmc": SamplerKind(
-        "quasi-random search (scrambled Sobol or Halton points)", _qmc, {"qmc_type": "sobol"}
+        "quasi-random search (scrambled Sobol or Halton points)",
+        _qmc,
+        {
+            "qmc_type": SamplerOption(
+                "sobol", lambda v: v in ("sobol", "halton"), "one of sobol, halton"
+            )
+        },
     ),
 }
 
@@ -128,14 +155,6 @@ PRUNERS: dict[str, PrunerKind] = {
     "none": PrunerKind("never stop a trial early", _nop),
 }
 
-_OPTION_CHECKS: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
-    ("grid", "points"): (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2,
-        "an integer >= 2",
-    ),
-    ("qmc", "qmc_type"): (lambda v: v in ("sobol", "halton"), "one of sobol, halton"),
-}
-
 
 def parse_sampler(value: Any, fail: Callable[[str, str], Exception]) -> tuple[str, dict[str, Any]]:
     """A spec's `sampler` as (name, options that differ from the defaults); `fail(key, why)`."""
@@ -151,10 +170,10 @@ def parse_sampler(value: Any, fail: Callable[[str, str], Exception]) -> tuple[st
         if key not in kind.options:
             known = ", ".join(["name", *kind.options])
             raise fail(f"sampler.{key}", f"unknown option of the {value} sampler; allowed: {known}")
-        check, what = _OPTION_CHECKS[(value, key)]
-        if not check(given):
-            raise fail(f"sampler.{key}", f"must be {what}, got {given!r}")
-    return value, {k: v for k, v in options.items() if v != kind.options[k]}
+        option = kind.options[key]
+        if not option.check(given):
+            raise fail(f"sampler.{key}", f"must be {option.allowed}, got {given!r}")
+    return value, {k: v for k, v in options.items() if v != kind.options[k].default}
 
 
 def parse_pruner(value: Any, fail: Callable[[str, str], Exception]) -> str:
@@ -174,7 +193,7 @@ def make_sampler(
         kind = SAMPLERS[name]
     except KeyError:
         raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}") from None
-    return kind.build(space, seed, {**kind.options, **(options or {})})
+    return kind.build(space, seed, {**kind.defaults(), **(options or {})})
 
 
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,8 @@ from studies.results import ResultsDB
 from studies.storage import mask_text
 
 if TYPE_CHECKING:
+    import torch
+
     from search_spaces import SearchSpace
     from studies.spec import CampaignSpec
     from studies.workloads import EpochReport, RunResult, Workload
@@ -137,7 +139,7 @@ def run_trial(
         if on_report is not None:
             on_report(rep)
 
-    def make_optimizer(model_params: Any) -> Any:
+    def make_optimizer(model_params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         return hvadam.create_optimizer(space.optimizer, model_params, **hp)
 
     pruned = "pruned" if phase == "search" else "failed"  # nothing prunes a confirm run

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -40,6 +40,9 @@ from studies.seeds import confirm_seed, sampler_seed, search_seed
 from studies.spec import CampaignSpec
 from studies.storage import CampaignLock, mask_url, optuna_storage, with_retries
 from studies.trial import Outcome, TrialFailed, record, run_trial, start_run, trial_user_attrs
+
+if TYPE_CHECKING:
+    from studies.workloads import EpochReport
 
 __all__ = ["MAX_RETRY", "Counts", "Event", "RunnerConfig", "Worker", "resolve_device"]
 
@@ -273,7 +276,7 @@ class Worker:
         notes["run_id"] = run_id
         trial.set_user_attr("run_id", run_id)
 
-        def on_report(rep: Any) -> None:
+        def on_report(rep: EpochReport) -> None:
             if not math.isfinite(rep.value):
                 return  # the workload raises Diverged for a non-finite loss
             trial.report(rep.value, rep.epoch)
@@ -341,7 +344,7 @@ class Worker:
         seed: int,
         *,
         phase: str = "search",
-        on_report: Callable[[Any], None] | None = None,
+        on_report: Callable[[EpochReport], None] | None = None,
         run_options: Mapping[str, Any] | None = None,
     ) -> Outcome:
         """The shared trial path (`studies.trial.run_trial`) in this worker."""

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from optuna.trial import TrialState
@@ -28,6 +28,9 @@ from studies.seeds import sampler_seed
 from studies.spec import CampaignSpec
 from studies.storage import mask_text, with_retries
 from studies.worker import Event, RunnerConfig, Worker
+
+if TYPE_CHECKING:
+    from studies.workloads import Workload
 
 __all__ = ["run_campaign_ray"]
 
@@ -140,17 +143,8 @@ def run_campaign_ray(
                 asks[label] = max(0, spec.trials - counts.used) + counts.waiting
                 used[label] = counts.used - counts.waiting
             if sum(asks.values()) or not campaign_complete(spec, config.storage):
-                _search(
-                    spec,
-                    config.storage,
-                    execution,
-                    asks=asks,
-                    used=used,
-                    workload=driver.workload,
-                    device=config.device,
-                    experiments=experiments,
-                    poll=poll,
-                )
+                runner = RunnerConfig(storage=config.storage, device=config.device)
+                _search(spec, runner, execution, asks, used, driver.workload, experiments, poll)
             # Confirm runs left open (a confirm trial that failed): run them as Ray tasks.
             if not campaign_complete(spec, config.storage):
                 _confirm(
@@ -173,17 +167,16 @@ def run_campaign_ray(
 
 def _search(
     spec: CampaignSpec,
-    storage: str,
+    runner: RunnerConfig,
     execution: Execution,
-    *,
     asks: dict[str, int],
     used: dict[str, int],
-    workload: Any,
-    device: str | None,
+    workload: Workload,
     experiments: Path,
     poll: Callable[[], None] | None,
 ) -> None:
-    """The search phase of every optimizer with budget left, in one Tune run."""
+    """The search phase of every optimizer with budget left, in one Tune run: `asks[label]`
+    trials more of each, which has `used[label]` of its budget already."""
     mode = "max" if workload.direction == "maximize" else "min"
     subs, schedulers = {}, {}
     stops: set[str] = set()
@@ -193,7 +186,7 @@ def _search(
         subs[label] = StudySearch(
             spec=spec,
             label=label,
-            storage=storage,
+            storage=runner.storage,
             scheduler=scheduler,
             direction=workload.direction,
             sampler_seed=sampler_seed(spec.seed, i),
@@ -206,7 +199,7 @@ def _search(
         tune.with_parameters(
             trainable,
             spec=spec,
-            runner=RunnerConfig(storage=storage, device=device),
+            runner=runner,
             execution=execution,
         ),
         {"cpu": execution.cpus, "gpu": execution.gpus},

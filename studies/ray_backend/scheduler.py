@@ -122,7 +122,9 @@ class PerOptimizerScheduler(TrialScheduler):
         return None
 
 
-def make_scheduler(execution: Execution, space: SearchSpace, max_epochs: int, mode: str) -> Any:
+def make_scheduler(
+    execution: Execution, space: SearchSpace, max_epochs: int, mode: str
+) -> TrialScheduler:
     if execution.scheduler == "asha":
         return ASHAScheduler(
             time_attr="training_iteration",

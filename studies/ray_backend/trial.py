@@ -13,7 +13,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -25,6 +25,9 @@ from studies.results import is_finite_number
 from studies.spec import CampaignSpec
 from studies.trial import record, trial_user_attrs
 from studies.worker import RunnerConfig, Worker
+
+if TYPE_CHECKING:
+    from studies.workloads import EpochReport
 
 __all__ = ["RayTrialWorker", "confirm_task", "trainable"]
 
@@ -99,7 +102,7 @@ class RayTrialWorker(Worker):
         start = time.perf_counter()
         last: dict[str, float | None] = {"value": None}
 
-        def on_report(rep: Any) -> None:
+        def on_report(rep: EpochReport) -> None:
             if rep.epoch >= max_epochs or not math.isfinite(rep.value):
                 return  # the last epoch is reported with the run's outcome, below
             last["value"] = rep.value
