@@ -18,9 +18,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/hvadam demo
 
+# Ruff, mypy on the four packages (pyproject's [tool.mypy]), and the layer contract
+# hvadam <- search_spaces <- studies <- dashboards (pyproject's [tool.importlinter]);
+# .pre-commit-config.yaml runs the same checks.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -15,7 +15,7 @@ __all__ = ["add_subcommands", "export_configs", "serve_dashboard", "write_report
 
 
 def _storage(args: argparse.Namespace) -> str:
-    from studies.storage import resolve_storage_url
+    from studies.api import resolve_storage_url
 
     return resolve_storage_url(getattr(args, "storage", None))
 
@@ -25,7 +25,7 @@ def serve_dashboard(
 ) -> None:
     """Serve optuna-dashboard on the campaign storage until Ctrl-C."""
     from dashboards.server import serve_dashboard as serve
-    from studies.storage import resolve_storage_url
+    from studies.api import resolve_storage_url
 
     serve(resolve_storage_url(storage), host=host, port=port)
 
@@ -33,7 +33,7 @@ def serve_dashboard(
 def write_report(storage: str | None, campaign: str, out_dir: str) -> Any:
     """Write `<out_dir>/report.html` and the PNG figures; returns the `Report`."""
     from dashboards.report import write_report as write
-    from studies.storage import resolve_storage_url
+    from studies.api import resolve_storage_url
 
     return write(resolve_storage_url(storage), campaign, out_dir)
 
@@ -48,7 +48,7 @@ def export_configs(
 ) -> list[Any]:
     """Write (or print, without `output`) the best config of each optimizer."""
     from dashboards.export import export_configs as export
-    from studies.storage import resolve_storage_url
+    from studies.api import resolve_storage_url
 
     return export(
         resolve_storage_url(storage), campaign, optimizer=optimizer, output=output, fmt=fmt

@@ -53,7 +53,6 @@ class CampaignData:
     unit: str = "epoch"
     spec: dict[str, Any] = field(default_factory=dict)
     study_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> user attrs
-    _optuna_storage: Any = field(default=None, repr=False)
     workload_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -67,16 +66,6 @@ class CampaignData:
             except KeyError:
                 return None
         return self.compare_table
-
-    def optuna_storage(self) -> Any:
-        """Optuna's storage on the campaign database, opened once per data object."""
-        if self._optuna_storage is None:
-            from studies.storage import optuna_storage
-
-            if self.storage is None:
-                raise ValueError("this campaign data was not read from a storage")
-            self._optuna_storage = optuna_storage(self.storage, create_tables=False)
-        return self._optuna_storage
 
     def optimizer_class(self, label: str) -> str:
         """The optimizer a study label stands for (labels may differ, e.g. `hvadam-fixed`)."""
@@ -151,7 +140,7 @@ def load_campaign(storage: str, campaign: str) -> CampaignData:
 
     runs = results.runs_frame(storage, campaign)
     if runs is None or runs.empty:
-        from studies.storage import mask_url
+        from studies.api import mask_url
 
         raise CampaignNotFound(f"campaign {campaign!r} has no runs in storage {mask_url(storage)}")
     curves = results.curves_frame(storage, campaign)
@@ -162,19 +151,9 @@ def load_campaign(storage: str, campaign: str) -> CampaignData:
 
 def study_attrs(storage: str, campaign: str) -> dict[str, dict[str, Any]]:
     """User attrs of the campaign's Optuna studies, by optimizer label (spec, workload, ...)."""
-    from studies.storage import optuna_storage
+    from studies.api import campaign_study_attrs
 
-    rdb = optuna_storage(storage, create_tables=False)
-    try:
-        out = {}
-        for st in rdb.get_all_studies():
-            attrs = st.user_attrs
-            if attrs.get("campaign") == campaign:
-                label = attrs.get("optimizer") or st.study_name.rsplit("/", 1)[-1]
-                out[str(label)] = dict(attrs)
-        return out
-    finally:
-        rdb.engine.dispose()
+    return campaign_study_attrs(storage, campaign)
 
 
 def from_frames(
@@ -195,7 +174,7 @@ def from_frames(
     first = runs.iloc[0]
     some = next(iter(attrs.values()), {})
     spec = dict(some.get("spec") or {})
-    wl = spec.get("workload") if isinstance(spec.get("workload"), dict) else {}
+    wl: dict[str, Any] = spec["workload"] if isinstance(spec.get("workload"), dict) else {}
     metric = str(first.get("metric") or some.get("metric") or "value")
     direction = str(first.get("direction") or some.get("direction") or "minimize")
     workload = wl.get("name") or some.get("workload") or first.get("workload")

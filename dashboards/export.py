@@ -68,7 +68,7 @@ def best_config(data: CampaignData, label: str) -> dict[str, Any]:
         "seeds": [int(s) for s in runs["seed"]] if "seed" in runs else [],
     }
     if data.storage is not None:
-        from studies.storage import mask_url
+        from studies.api import mask_url
 
         provenance["storage"] = mask_url(data.storage)
     versions = row.get("versions")

@@ -72,23 +72,10 @@ def study_importances(study: Any) -> tuple[dict[str, float], str]:
 
 def campaign_importances(storage: str, campaign: str) -> Result:
     """Importances of every Optuna study of `campaign` (found by its user attrs), by label."""
-    import optuna
+    from studies.api import campaign_studies
 
-    from studies.storage import optuna_storage
-
-    rdb = optuna_storage(storage, create_tables=False)
-    out: Result = {}
-    try:
-        for frozen in rdb.get_all_studies():
-            attrs = frozen.user_attrs
-            if attrs.get("campaign") != campaign:
-                continue
-            label = str(attrs.get("optimizer") or frozen.study_name.rsplit("/", 1)[-1])
-            study = optuna.load_study(study_name=frozen.study_name, storage=rdb)
-            out[label] = study_importances(study)
-    finally:
-        rdb.engine.dispose()
-    return out
+    with campaign_studies(storage, campaign) as studies:
+        return {label: study_importances(study) for label, study in studies.items()}
 
 
 class ImportancesInBackground:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dashboards.data import CampaignData, CampaignNotFound, load_campaign, study_attrs
+from dashboards.data import CampaignData, CampaignNotFound, load_campaign
 from dashboards.stats import comparison_tables
 
 __all__ = ["annotate_studies", "campaign_note"]
@@ -116,27 +116,18 @@ def campaign_note(
 
 def annotate_studies(storage: str, campaign: str) -> list[str]:
     """Write the note of every Optuna study of `campaign`; returns the study names annotated."""
-    import optuna
     from optuna_dashboard import save_note
 
-    from studies.storage import optuna_storage
+    from studies.api import campaign_studies
 
-    attrs = study_attrs(storage, campaign)
-    if not attrs:
-        raise CampaignNotFound(f"no Optuna study of campaign {campaign!r} in this storage")
-    try:
-        data: CampaignData | None = load_campaign(storage, campaign)
-    except CampaignNotFound:
-        data = None
-    rdb = optuna_storage(storage, create_tables=False)
-    names = []
-    try:
-        for label, a in attrs.items():
-            name = f"{campaign}/{label}"
-            study = optuna.load_study(study_name=name, storage=rdb)
-            spec = dict(a.get("spec") or {})
+    with campaign_studies(storage, campaign) as studies:
+        if not studies:
+            raise CampaignNotFound(f"no Optuna study of campaign {campaign!r} in this storage")
+        try:
+            data: CampaignData | None = load_campaign(storage, campaign)
+        except CampaignNotFound:
+            data = None
+        for label, study in studies.items():
+            spec = dict(study.user_attrs.get("spec") or {})
             save_note(study, campaign_note(data, campaign=campaign, spec=spec, label=label))
-            names.append(name)
-    finally:
-        rdb.engine.dispose()
-    return names
+        return [study.study_name for study in studies.values()]

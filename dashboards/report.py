@@ -291,16 +291,16 @@ def _function(name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | Non
     try:
         import torch
 
-        from studies.workloads.valley2d import FUNCTIONS
+        from studies.api import function_2d
     except ImportError:
         return None
-    spec = FUNCTIONS.get(name)
-    if spec is None:
+    f = function_2d(name)
+    if f is None:
         return None
 
     def fn(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return spec.fn(torch.from_numpy(x), torch.from_numpy(y)).numpy()
+            return f(torch.from_numpy(x), torch.from_numpy(y)).numpy()
 
     return fn
 
@@ -431,7 +431,7 @@ def _page(data: CampaignData, sections: list[Section]) -> str:
         f"runs: {len(data.runs)}",
     ]
     if data.storage:
-        from studies.storage import mask_url
+        from studies.api import mask_url
 
         meta.append(f"storage: {mask_url(data.storage)}")
     meta.append(f"generated {when}")

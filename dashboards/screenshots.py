@@ -28,7 +28,7 @@ SHOTS = (
 )
 
 
-WORKLOADS = {
+WORKLOADS: dict[str, dict[str, Any]] = {
     "valley2d": {"function": "valley", "steps": 300, "report_every": 25},
     "digits-mlp": {"epochs": 8, "batch_size": 64},
 }
@@ -44,14 +44,13 @@ def run_small_campaign(
     seeds: int = 3,
     quiet: bool = True,
 ) -> str:
-    """Run a real small campaign through `studies.runner`; returns the campaign name."""
-    from studies.runner import RunnerConfig, run_campaign
-    from studies.spec import parse_spec
+    """Run a real small campaign (`studies.api.run_campaign`); returns the campaign name."""
+    from studies.api import run_campaign
 
     if workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}, got {workload!r}")
     name = name or f"{workload.split('-')[0]}-demo"
-    spec = parse_spec(
+    runs = run_campaign(
         {
             "name": name,
             "workload": {"name": workload, "options": dict(WORKLOADS[workload])},
@@ -63,12 +62,12 @@ def run_small_campaign(
             "seed": 0,
             "device": "cpu",
         },
+        storage,
+        threads=1,
         source=f"<{name}>",
     )
-    events: list[Any] = []
-    run_campaign(spec, RunnerConfig(storage=storage, threads=1), on_event=events.append)
     if not quiet:
-        print(f"campaign {name}: {len(events)} runs")
+        print(f"campaign {name}: {runs} runs")
     return name
 
 

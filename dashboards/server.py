@@ -106,7 +106,7 @@ def serve_dashboard(
     out: TextIO | None = None,
 ) -> None:
     """Serve the dashboard in this thread until interrupted (what `hvadam dashboard` runs)."""
-    from studies.storage import mask_url
+    from studies.api import mask_url
 
     out = out or sys.stderr
     server = DashboardServer(_make(storage, host, port, out), None)

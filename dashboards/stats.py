@@ -183,7 +183,10 @@ def compare_groups(
     na, nb = len(a), len(b)
     diff = float(a.mean() - b.mean()) if na and nb else math.nan
     if na < 2 or nb < 2:
-        return Comparison(candidate, baseline, na, nb, diff, *([math.nan] * 6), verdict=TOO_FEW)
+        nan = math.nan  # no test statistics, p-values or rank bound with fewer than 2 values
+        return Comparison(
+            candidate, baseline, na, nb, diff, nan, nan, nan, nan, nan, nan, verdict=TOO_FEW
+        )
     t, df, p = _welch(a, b)
     if a.min() == a.max() == b.min() == b.max():
         u, up = math.nan, math.nan

@@ -54,8 +54,8 @@ def write_synthetic_campaign(
     import optuna
 
     from search_spaces import load_space
+    from studies.api import optuna_storage
     from studies.results import ResultsDB
-    from studies.storage import optuna_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     metric, direction = ("function_value", "minimize") if workload == "valley2d" else (
@@ -80,13 +80,13 @@ def write_synthetic_campaign(
         name=name, spec_hash=f"synthetic-{seed}", spec=spec, workload=workload, metric=metric,
         direction=direction,
     )  # fmt: skip
-    rdb = optuna_storage(storage)
+    study_direction = optuna.study.StudyDirection[direction.upper()]
     rng = np.random.default_rng(seed)
-    try:
+    with optuna_storage(storage, create_tables=True) as rdb:
         for opt in optimizers:
             space = load_space(opt)
             study = optuna.create_study(
-                study_name=f"{name}/{opt}", storage=rdb, direction=direction,
+                study_name=f"{name}/{opt}", storage=rdb, direction=study_direction,
                 sampler=optuna.samplers.RandomSampler(seed=seed),
             )  # fmt: skip
             for key, value in {
@@ -112,8 +112,6 @@ def write_synthetic_campaign(
                 value = _score(best[2], space.optimizer, rng)
                 _write_run(db, name, opt, best[1], "confirm", 10_000 + k, best[2], value, epochs,
                            with_curves, workload, rng)  # fmt: skip
-    finally:
-        rdb.engine.dispose()
     return spec
 
 

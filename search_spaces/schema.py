@@ -213,6 +213,12 @@ class ParamSpec:
             return False
         return self.step is None or _is_multiple(value - self.low, self.step)
 
+    def bounds(self) -> tuple[float, float]:
+        """`(low, high)` of a numeric parameter (the schema requires both)."""
+        if self.low is None or self.high is None:
+            raise SpaceError("ParamSpec", self.name, f"a {self.kind} parameter needs low and high")
+        return self.low, self.high
+
     def distribution(self) -> Any:
         """The Optuna distribution of this parameter."""
         from optuna.distributions import (
@@ -223,23 +229,21 @@ class ParamSpec:
 
         if self.kind == "categorical":
             return CategoricalDistribution(list(self.choices or ()))
+        low, high = self.bounds()
         if self.kind == "int":
-            return IntDistribution(
-                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
-            )
-        return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+            return IntDistribution(int(low), int(high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(float(low), float(high), log=self.log, step=self.step)
 
     def suggest(self, trial: Any) -> Any:
         """Ask `trial` (an optuna.Trial, or anything with its suggest_* methods) for a value."""
         if self.kind == "categorical":
             return trial.suggest_categorical(self.name, list(self.choices or ()))
+        low, high = self.bounds()
         if self.kind == "int":
             return trial.suggest_int(
-                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+                self.name, int(low), int(high), step=int(self.step or 1), log=self.log
             )
-        return trial.suggest_float(
-            self.name, float(self.low), float(self.high), step=self.step, log=self.log
-        )
+        return trial.suggest_float(self.name, float(low), float(high), step=self.step, log=self.log)
 
     def ray_domain(self) -> Any:
         """The Ray Tune sampling object (`tune.loguniform`, `tune.quniform`, ...)."""
@@ -247,18 +251,19 @@ class ParamSpec:
 
         if self.kind == "categorical":
             return tune.choice(list(self.choices or ()))
+        bounds = self.bounds()
         if self.kind == "int":
-            low, high = int(self.low), int(self.high)
+            low, high = int(bounds[0]), int(bounds[1])
             if self.log:
                 return tune.lograndint(low, high + 1)  # Ray's upper bound is exclusive here
             if self.step not in (None, 1):
                 return tune.qrandint(low, high, int(self.step))  # inclusive upper bound
             return tune.randint(low, high + 1)
         if self.log:
-            return tune.loguniform(float(self.low), float(self.high))
+            return tune.loguniform(float(bounds[0]), float(bounds[1]))
         if self.step is not None:
-            return tune.quniform(float(self.low), float(self.high), self.step)
-        return tune.uniform(float(self.low), float(self.high))
+            return tune.quniform(float(bounds[0]), float(bounds[1]), self.step)
+        return tune.uniform(float(bounds[0]), float(bounds[1]))
 
 
 def parse_spec(source: str, name: str, raw: Any) -> ParamSpec:

@@ -5,7 +5,7 @@ Optional spec keys, read by the Ray backend (`hvadam tune --backend ray`)::
     resources: {cpus: 1, gpus: 0.5}   # per trial; fractions of a GPU share one device
     max_concurrent: 4                 # at most this many trials at once (default: as resources allow)
     ray:
-      scheduler: asha                 # asha (default) | pbt | fifo
+      scheduler: asha                 # asha | pbt | fifo (default: asha; fifo with `pruner: none`)
       grace_period: 1                 # asha: epochs every trial runs before it can be stopped
       reduction_factor: 3             # asha: keep the best 1/reduction_factor at each rung
       perturbation_interval: 2        # pbt: epochs between exploit/explore steps
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["EXECUTION_KEYS", "RAY_KEYS", "SCHEDULERS", "Execution", "parse_execution"]
@@ -43,7 +43,7 @@ class Execution:
     cpus: float = 1.0
     gpus: float = 0.0
     max_concurrent: int | None = None
-    scheduler: str = "asha"
+    scheduler: str | None = None  # None: chosen by the spec's pruner (see `for_pruner`)
     grace_period: int = 1
     reduction_factor: int = 3
     perturbation_interval: int = 2
@@ -56,9 +56,16 @@ class Execution:
             {
                 "resources": {"cpus": values["cpus"], "gpus": values["gpus"]},
                 "max_concurrent": values["max_concurrent"],
-                "ray": {k: values[k] for k in RAY_KEYS},
+                "ray": {k: values[k] for k in RAY_KEYS if values[k] is not None},
             }
         )
+
+    def for_pruner(self, pruner: str) -> Execution:
+        """This execution with its scheduler chosen: the one the spec or the command line
+        named, else ASHA, or FIFO (no early stopping) when the spec's pruner is `none`."""
+        if self.scheduler is not None:
+            return self
+        return replace(self, scheduler="fifo" if pruner == "none" else "asha")
 
 
 def _number(value: Any) -> bool:
@@ -114,13 +121,14 @@ def parse_execution(
         extra = sorted(set(map(str, ray)) - set(RAY_KEYS))
         if extra:
             raise fail(f"ray.{extra[0]}", f"unknown key; allowed: {', '.join(RAY_KEYS)}")
-        scheduler = ray.get("scheduler", "asha")
-        if scheduler not in SCHEDULERS:
-            raise fail(
-                "ray.scheduler",
-                f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}",
-            )
-        out["scheduler"] = scheduler
+        if "scheduler" in ray:
+            scheduler = ray["scheduler"]
+            if scheduler not in SCHEDULERS:
+                raise fail(
+                    "ray.scheduler",
+                    f"unknown scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)}",
+                )
+            out["scheduler"] = scheduler
         for key, low in (
             ("grace_period", 1),
             ("reduction_factor", 2),

@@ -48,7 +48,8 @@ def add_backend_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--scheduler",
         choices=SCHEDULERS,
-        help="ray: trial scheduler (default: the spec's ray.scheduler, else asha)",
+        help="ray: trial scheduler (default: the spec's ray.scheduler, else asha; fifo when "
+        "the spec's pruner is none)",
     )
     g.add_argument("--cpus-per-trial", type=float, metavar="C", help="ray: CPUs per trial")
     g.add_argument(

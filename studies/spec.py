@@ -5,7 +5,8 @@
     # or your own: {name: "my_tasks:train", metric: {name: val_loss, direction: minimize}}
     optimizers: [hvadam, anon, adam]    # or a mapping: name -> search-space overrides
     budget: {trials: 8, max_epochs: 4}  # trials per optimizer; max_epochs optional
-    sampler: tpe                        # tpe | random | cmaes | gp | grid
+    sampler: tpe                        # tpe | random | cmaes | gp | grid | qmc, or e.g.
+                                        # {name: grid, points: 5} (studies/samplers.py)
     pruner: median                      # hyperband | median | none
     confirm: {seeds: 3}                 # the best config of each optimizer on K fresh seeds
     seed: 0
@@ -30,6 +31,10 @@ from typing import Any
 
 import yaml
 
+from studies.samplers import PRUNERS as _PRUNER_TABLE
+from studies.samplers import SAMPLERS as _SAMPLER_TABLE
+from studies.samplers import parse_pruner, parse_sampler
+
 __all__ = [
     "PRUNERS",
     "SAMPLERS",
@@ -42,8 +47,9 @@ __all__ = [
     "spec_path",
 ]
 
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "grid")
-PRUNERS = ("hyperband", "median", "none")
+# The names a spec may use: the keys of the one table in studies/samplers.py.
+SAMPLERS = tuple(_SAMPLER_TABLE)
+PRUNERS = tuple(_PRUNER_TABLE)
 TOP_KEYS = (
     "name",
     "description",
@@ -109,6 +115,8 @@ class CampaignSpec:
     workload_metric: dict[str, Any] | None = None
     # The spec file's directory: user workload modules are imported from it first; not hashed.
     base_dir: str | None = None
+    # The sampler's options that differ from its defaults (studies/samplers.py).
+    sampler_options: dict[str, Any] = field(default_factory=dict)
 
     def normalized(self) -> dict[str, Any]:
         """The spec with every default filled in, in one canonical form (what the hash covers)."""
@@ -127,7 +135,11 @@ class CampaignSpec:
                 for e in self.optimizers
             },
             "budget": {"trials": self.trials, "max_epochs": self.max_epochs},
-            "sampler": self.sampler,
+            "sampler": (
+                {"name": self.sampler, **self.sampler_options}
+                if self.sampler_options
+                else self.sampler
+            ),
             "pruner": self.pruner,
             "confirm": {"seeds": self.confirm_seeds},
             "seed": self.seed,
@@ -347,14 +359,8 @@ def parse_spec(
     if max_epochs is not None:
         max_epochs = _positive_int(max_epochs, "budget.max_epochs", fail)
 
-    sampler = data.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise fail("sampler", f"unknown sampler {sampler!r}; allowed: {', '.join(SAMPLERS)}")
-    pruner = data.get("pruner", "median")
-    if pruner is None or pruner is False:
-        pruner = "none"
-    if pruner not in PRUNERS:
-        raise fail("pruner", f"unknown pruner {pruner!r}; allowed: {', '.join(PRUNERS)}")
+    sampler, sampler_options = parse_sampler(data.get("sampler", "tpe"), fail)
+    pruner = parse_pruner(data.get("pruner", "median"), fail)
 
     confirm = data.get("confirm", {"seeds": 3})
     if not isinstance(confirm, Mapping):
@@ -385,6 +391,7 @@ def parse_spec(
         trials=trials,
         max_epochs=max_epochs,
         sampler=sampler,
+        sampler_options=sampler_options,
         pruner=pruner,
         confirm_seeds=seeds,
         seed=seed,

@@ -322,7 +322,7 @@ def _rdb_storage_class(sqlite: bool) -> type:
         configure_sqlite_engine(self.engine)
 
     methods = {name: read_only(name) for name in _OPTUNA_READS if hasattr(base, name)}
-    attrs = {**methods, "__setstate__": __setstate__}
+    attrs: dict[str, Any] = {**methods, "__setstate__": __setstate__}
     attrs.update(__module__=__name__, __qualname__="SQLiteRDBStorage")
     return type("SQLiteRDBStorage", (base,), attrs)
 

@@ -7,15 +7,12 @@ ones find the finished database under the session's base temporary directory.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
+from helpers import subprocess_env, write_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = "real"
 OPTIMIZERS = ("hvadam", "anon", "adam")
 SEEDS = 3
@@ -40,9 +37,8 @@ def real_campaign_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     if done.exists():
         return url
     root.mkdir(exist_ok=True)
-    spec = root / "real.yaml"
-    spec.write_text(yaml.safe_dump(SPEC))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HVADAM_COMPILE": "0"}
+    spec = write_spec(root, SPEC)
+    env = subprocess_env(HVADAM_COMPILE="0")
     proc = subprocess.run(
         [sys.executable, "-m", "studies.cli", "tune", str(spec), "--storage", url, "--quiet",
          "--threads", "1"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,22 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import free_port, missing_component
 
-REQUIRE_SERVICES = os.environ.get("HVADAM_REQUIRE_SERVICES") == "1"
 PG_PASSWORD = "pg-secret-Xy7"
-
-
-def missing_component(what: str) -> None:
-    """Skip the test, or fail it when CI requires every component to be present."""
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{what} (HVADAM_REQUIRE_SERVICES=1: required in CI)", pytrace=False)
-    pytest.skip(what)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bindir() -> Path | None:

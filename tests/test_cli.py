@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -12,12 +11,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
+from helpers import subprocess_env, write_spec
 
 from studies.cli import main
 from studies.results import runs_frame
 from studies.spec import available_specs
 
-ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "pg-secret-Xy7"  # the conftest PostgreSQL password
 
 TINY = {
@@ -33,15 +32,12 @@ TINY = {
 
 
 def tiny_spec(tmp_path: Path, **changes) -> str:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({**TINY, **changes}))
-    return str(path)
+    return str(write_spec(tmp_path, TINY, **changes))
 
 
 def hvadam_cli(*args: str, cwd: Path, env: dict[str, str] | None = None):
     """Run `python -m studies.cli` as a user would (a fresh process, real exit code)."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    full_env.pop("HVADAM_DEBUG", None)
+    full_env = subprocess_env(**(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "studies.cli", *args],
         cwd=cwd,
@@ -132,7 +128,7 @@ def test_the_command_exits_quickly_after_flushing_output_and_running_atexit_hand
         "sys.stdout.write('unflushed tail')\n"
         "cli.run(sys.argv[1:])\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": ""}
+    env = subprocess_env(PYTHONUNBUFFERED="")
     ok = subprocess.run(
         [sys.executable, "-c", script, "specs"], env=env, capture_output=True, text=True
     )

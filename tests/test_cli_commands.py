@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
+from helpers import free_port, subprocess_env
 
 from dashboards.cli_commands import add_subcommands
 from dashboards.synthetic import write_synthetic_campaign
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # What studies/cli.py does: a main parser, possibly with its own --storage, and subcommands.
 PROGRAM = """
@@ -76,7 +72,7 @@ def test_export_subcommand_writes_the_config(campaign, tmp_path):
 
 def test_dashboard_subcommand_serves_until_interrupted(campaign):
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HVADAM_STORAGE": campaign}
+    env = subprocess_env(HVADAM_STORAGE=campaign)
     proc = subprocess.Popen(
         [sys.executable, "-c", PROGRAM, "dashboard", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -12,7 +12,7 @@ import pytest
 from campaign_fixtures import CAMPAIGN as REAL
 from campaign_fixtures import OPTIMIZERS as REAL_OPTIMIZERS
 from campaign_fixtures import real_campaign_url
-from conftest import missing_component
+from helpers import missing_component
 
 from dashboards.browser import BrowserUnavailable, chromium
 from dashboards.notes import annotate_studies

@@ -33,7 +33,22 @@ def test_execution_keys_are_parsed_with_defaults():
         cpus=2.0, gpus=0.25, max_concurrent=4, scheduler="pbt", perturbation_interval=3
     )
     assert parse_spec(BASE).execution == Execution()
-    assert Execution().scheduler == "asha" and Execution().gpus == 0.0
+    assert Execution().scheduler is None and Execution().gpus == 0.0
+
+
+def test_pruner_none_means_fifo_unless_a_scheduler_is_named():
+    # The Ray backend stops trials early only when the spec's pruner allows it (or when the
+    # spec or --scheduler names a scheduler): `pruner: none` must not bring ASHA back.
+    assert Execution().for_pruner("none").scheduler == "fifo"
+    assert Execution().for_pruner("median").scheduler == "asha"
+    assert Execution().for_pruner("hyperband").scheduler == "asha"
+    named = parse_execution({"ray": {"scheduler": "asha", "grace_period": 2}})
+    assert named.for_pruner("none") == named
+    from_cli = Execution().with_changes(scheduler="pbt")
+    assert from_cli.for_pruner("none").scheduler == "pbt"
+    assert parse_execution({"ray": {"grace_period": 2}}).scheduler is None
+    with pytest.raises(ValueError, match=r"ray\.scheduler: unknown scheduler None"):
+        parse_execution({"ray": {"scheduler": None}})
 
 
 def test_execution_keys_are_not_part_of_the_spec_hash():

@@ -8,7 +8,6 @@ searched for the password.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy as sa
-import yaml
+from helpers import subprocess_env, write_spec
 from optuna.trial import TrialState
 
 from studies.results import ResultsDB, runs_frame
@@ -24,7 +23,6 @@ from studies.runner import confirm_seed
 
 pytestmark = [pytest.mark.postgres]
 
-ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "pg-secret-Xy7"  # the conftest PostgreSQL password
 
 SPEC = {
@@ -40,16 +38,8 @@ SPEC = {
 }
 
 
-def write_spec(folder: Path, **changes) -> Path:
-    data = {**SPEC, **changes}
-    path = folder / f"{data['name']}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def env_with(url: str | None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("HVADAM_DEBUG", None)
+    env = subprocess_env()
     env.pop("HVADAM_STORAGE", None)
     if url is not None:
         env["HVADAM_STORAGE"] = url  # the URL never goes on a command line (`ps` shows those)
@@ -71,7 +61,7 @@ def hvadam(*args: str, url: str | None, cwd: Path) -> subprocess.CompletedProces
 def test_four_workers_finish_the_budget_without_losing_or_duplicating_a_trial(
     postgres_url, tmp_path
 ):
-    spec_file = write_spec(tmp_path)
+    spec_file = write_spec(tmp_path, SPEC)
     procs = [
         subprocess.Popen(
             [
@@ -121,7 +111,7 @@ def test_four_workers_finish_the_budget_without_losing_or_duplicating_a_trial(
 @pytest.mark.slow
 def test_the_password_never_appears_in_outputs_exports_or_errors(postgres_url, tmp_path):
     spec_file = write_spec(
-        tmp_path, name="pw", optimizers=["adam"], budget={"trials": 2}, confirm={"seeds": 1}
+        tmp_path, SPEC, name="pw", optimizers=["adam"], budget={"trials": 2}, confirm={"seeds": 1}
     )
     outputs: dict[str, str] = {}
 
@@ -173,7 +163,7 @@ def test_the_password_never_appears_in_outputs_exports_or_errors(postgres_url, t
     record("no-server", hvadam("tune", str(spec_file), url=dead, cwd=tmp_path), 2)
     record("no-database", hvadam("compare", "pw", url=missing_db, cwd=tmp_path), 2)
     record("no-campaign", hvadam("compare", "nope", url=postgres_url, cwd=tmp_path), 2)
-    changed = write_spec(tmp_path, name="pw", optimizers=["adam"], budget={"trials": 3})
+    changed = write_spec(tmp_path, SPEC, name="pw", optimizers=["adam"], budget={"trials": 3})
     record("conflict", hvadam("tune", str(changed), url=postgres_url, cwd=tmp_path), 2)
     record(
         "bad-url",

@@ -2,35 +2,31 @@
 
 Covers: trials landing in the campaign's Optuna studies (default config first, the same seeds),
 results rows of the same shape as the Optuna backend's, two trials at once, ASHA-stopped trials
-recorded as stopped and never counted, PBT exploits recorded and resumed from checkpoints, the
-confirm phase on Ray, and joining a running Ray with `--address` from the command line without
-the storage password ever showing.
+recorded as stopped and never counted, no early stopping with `pruner: none`, PBT exploits
+recorded and resumed from checkpoints, the confirm phase on Ray, and joining a running Ray with
+`--address` from the command line without the storage password ever showing.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import optuna
 import pytest
-import yaml
+from helpers import missing_component, subprocess_env, write_spec
 from optuna.trial import TrialState
 
 from studies.results import compare_frame, curves_frame, runs_frame
 from studies.runner import RunnerConfig, confirm_seed, run_campaign, search_seed
 from studies.spec import load_spec
-from tests.conftest import missing_component
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "pg-secret-Xy7"  # the conftest PostgreSQL password
 
 DIGITS = {
@@ -54,10 +50,10 @@ def local_ray() -> Iterator[str]:
     try:
         import ray
 
-        from studies.ray_backend import RAY_DEFAULT_ENV, RAY_ENV, _set_ray_env
+        from studies.ray_backend import RAY_DEFAULT_ENV, RAY_ENV, set_ray_env
     except ImportError as exc:
         missing_component(f"Ray is not installed: {exc}")
-    _set_ray_env()
+    set_ray_env()
     temp = tempfile.mkdtemp(prefix="hvr-", dir="/tmp")
     try:
         context = ray.init(
@@ -73,12 +69,6 @@ def local_ray() -> Iterator[str]:
     yield context.address_info["gcs_address"]
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
-
-
-def write_spec(folder: Path, data: dict) -> Path:
-    path = folder / f"{data['name']}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +209,34 @@ def test_pbt_exploits_are_recorded_and_resume_from_the_copied_state(local_ray, t
     assert list(confirm["trial_number"]) == [best.number]
 
 
+def test_pruner_none_stops_no_trial_early_unless_a_scheduler_is_named(local_ray, tmp_path):
+    from studies.ray_backend import run_campaign_ray
+
+    # ASHA settings that stop trials (as above), but no scheduler named: `pruner: none` rules.
+    data = {
+        "name": "nopr",
+        "workload": {"name": "valley2d", "options": {"steps": 20, "report_every": 5}},
+        "optimizers": ["sgd"],
+        "budget": {"trials": 6},
+        "sampler": "random",
+        "pruner": "none",
+        "confirm": {"seeds": 1},
+        "device": "cpu",
+        "max_concurrent": 2,
+        "ray": {"grace_period": 1, "reduction_factor": 2},
+    }
+    spec = load_spec(write_spec(tmp_path, data))
+    url = f"sqlite:///{tmp_path / 'nopr.db'}"
+    run_campaign_ray(spec, RunnerConfig(storage=url))
+    trials = study(url, "nopr/sgd").get_trials()
+    assert len(trials) == 6
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    runs = runs_frame(url, "nopr")
+    assert (runs["status"] == "complete").all(), list(runs["reason"])
+    curves = curves_frame(url, "nopr")
+    assert (curves.groupby("run_id")["epoch"].max() == 4).all()
+
+
 def test_trials_of_an_interrupted_ray_run_are_failed_and_retried_by_the_next_run(
     local_ray, tmp_path
 ):
@@ -283,8 +301,7 @@ def test_cli_joins_a_running_ray_and_never_prints_the_storage_password(
         "device": "cpu",
     }
     spec_file = write_spec(tmp_path, data)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("HVADAM_DEBUG", None)
+    env = subprocess_env()
     proc = subprocess.run(
         [
             sys.executable,

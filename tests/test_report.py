@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from campaign_fixtures import CAMPAIGN as REAL
 from campaign_fixtures import real_campaign_url
-from conftest import missing_component
+from helpers import missing_component
 
 from dashboards.browser import BrowserUnavailable, chromium
 from dashboards.data import load_campaign

@@ -22,9 +22,12 @@ from studies.results import (
     compare_frame,
     curves_frame,
     git_revision,
+    gpu_name,
     library_versions,
     runs_frame,
 )
+from studies.results.provenance import cudnn_version
+from studies.results.values import finite_or_none, is_finite_number, jsonable
 from studies.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
@@ -410,8 +413,69 @@ def test_several_processes_write_to_one_sqlite_file_without_lock_errors(sqlite_u
 
 
 def test_library_versions_name_the_libraries_runs_depend_on():
+    import importlib.metadata
+
+    import torch
+
     versions = library_versions()
     assert {"python", "torch", "optuna", "hvadam"} <= set(versions)
+    for dist in ("torch", "torchvision", "ray", "optuna"):
+        assert versions[dist] == importlib.metadata.version(dist)
+    assert versions["cuda"] == torch.version.cuda  # None on a CPU build
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    assert (versions["cudnn"] is None) == (cudnn is None)
+
+
+def test_finite_or_none_gives_what_a_nullable_float_column_stores():
+    import numpy as np
+    import torch
+
+    assert finite_or_none(None) is None
+    assert finite_or_none(2) == 2.0 and type(finite_or_none(2)) is float
+    assert finite_or_none(np.float32(0.5)) == 0.5 and type(finite_or_none(np.float32(0.5))) is float
+    assert finite_or_none(torch.tensor(1.5)) == 1.5
+    for bad in (math.nan, math.inf, -math.inf, np.float64("nan")):
+        assert finite_or_none(bad) is None
+
+
+def test_is_finite_number_accepts_finite_ints_and_floats_only():
+    import numpy as np
+
+    assert is_finite_number(0) and is_finite_number(-3) and is_finite_number(2.5)
+    assert is_finite_number(np.float64(2.5))  # a float subclass
+    for other in (True, False, None, "1.0", math.nan, math.inf, -math.inf, [1.0], np.int64(3)):
+        assert not is_finite_number(other), other
+
+
+def test_jsonable_gives_strict_json():
+    import numpy as np
+
+    value = {"a": (1, np.float32(0.5)), 2: [math.inf, None, True, "x"], "t": np.array([1, 2])}
+    assert jsonable(value) == {"a": [1, 0.5], "2": [None, None, True, "x"], "t": [1, 2]}
+
+
+def test_cudnn_version_numbers_read_as_major_minor_patch():
+    # CUDNN_VERSION: major * 1000 + minor * 100 + patch before cuDNN 9, major * 10000 after.
+    assert cudnn_version(8907) == "8.9.7"
+    assert cudnn_version(90100) == "9.1.0"
+    assert cudnn_version(91002) == "9.10.2"
+    assert cudnn_version(None) is None
+
+
+def test_a_run_records_the_gpu_it_ran_on(sqlite_url):
+    import torch
+
+    db = _db(sqlite_url)
+    cpu = _run(db, "adam", "search", 0, 1)
+    rows = runs_frame(sqlite_url, "c1").set_index("run_id")
+    versions = rows.loc[cpu, "versions"]
+    assert versions["gpu"] is None and versions["torchvision"] and versions["ray"]
+    assert versions == {**library_versions(), "gpu": None}
+    if torch.cuda.is_available():
+        assert gpu_name("cuda") == torch.cuda.get_device_name(0)
+    else:
+        assert gpu_name("cuda") is None
+    assert gpu_name("mps") is None
 
 
 def test_progress_polling_counts_runs_that_finish_out_of_order(storage_url, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy as sa
-import yaml
+from helpers import subprocess_env, write_spec
 from optuna.trial import TrialState
 
 import hvadam
@@ -33,8 +33,6 @@ from studies.runner import (
 )
 from studies.spec import load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-
 VALLEY = {
     "name": "camp",
     "workload": {"name": "valley2d", "options": {"steps": 20, "report_every": 5}},
@@ -46,13 +44,6 @@ VALLEY = {
     "seed": 5,
     "device": "cpu",
 }
-
-
-def write_spec(tmp_path: Path, **changes) -> Path:
-    data = {**VALLEY, **changes}
-    path = tmp_path / f"{data['name']}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def studies_of(url: str, spec) -> dict[str, optuna.Study]:
@@ -69,7 +60,7 @@ def run(spec, url: str, workers: int = 1, **config) -> None:
 
 
 def test_campaign_makes_one_tagged_study_per_optimizer_with_defaults_first(storage_url, tmp_path):
-    spec = load_spec(write_spec(tmp_path))
+    spec = load_spec(write_spec(tmp_path, VALLEY))
     run(spec, storage_url)
     studies = studies_of(storage_url, spec)
     assert set(optuna.get_all_study_names(storage_url)) == {"camp/hvadam", "camp/adam"}
@@ -112,7 +103,7 @@ def test_campaign_makes_one_tagged_study_per_optimizer_with_defaults_first(stora
 
 def test_workers_interleave_optimizers_so_counts_never_drift(sqlite_url, tmp_path):
     spec = load_spec(
-        write_spec(tmp_path, optimizers=["hvadam", "adam", "sgd"], budget={"trials": 4})
+        write_spec(tmp_path, VALLEY, optimizers=["hvadam", "adam", "sgd"], budget={"trials": 4})
     )
     run(spec, sqlite_url)
     order = runs_frame(sqlite_url, "camp").query("phase == 'search'")["optimizer"].tolist()
@@ -122,7 +113,7 @@ def test_workers_interleave_optimizers_so_counts_never_drift(sqlite_url, tmp_pat
 
 
 def test_running_the_same_campaign_again_runs_nothing_new(sqlite_url, tmp_path):
-    spec = load_spec(write_spec(tmp_path))
+    spec = load_spec(write_spec(tmp_path, VALLEY))
     run(spec, sqlite_url)
     before = runs_frame(sqlite_url, "camp")
     started = time.perf_counter()
@@ -134,8 +125,8 @@ def test_running_the_same_campaign_again_runs_nothing_new(sqlite_url, tmp_path):
 
 
 def test_a_different_spec_under_the_same_name_is_refused(storage_url, tmp_path):
-    run(load_spec(write_spec(tmp_path)), storage_url)
-    changed = load_spec(write_spec(tmp_path, budget={"trials": 4}))
+    run(load_spec(write_spec(tmp_path, VALLEY)), storage_url)
+    changed = load_spec(write_spec(tmp_path, VALLEY, budget={"trials": 4}))
     with pytest.raises(CampaignError, match=r"'camp' already exists .* different spec"):
         run(changed, storage_url)
 
@@ -144,6 +135,7 @@ def test_a_diverging_trial_is_pruned_with_its_reason(storage_url, tmp_path):
     spec = load_spec(
         write_spec(
             tmp_path,
+            VALLEY,
             workload={
                 "name": "noisy-quadratic",
                 "options": {"dim": 10, "steps": 60, "report_every": 20},
@@ -168,7 +160,7 @@ def test_a_diverging_trial_is_pruned_with_its_reason(storage_url, tmp_path):
 
 
 def test_a_crashing_trial_fails_with_its_traceback_and_the_campaign_completes(sqlite_url, tmp_path):
-    spec = load_spec(write_spec(tmp_path, optimizers={"adam": {"eps": -1.0}, "hvadam": {}}))
+    spec = load_spec(write_spec(tmp_path, VALLEY, optimizers={"adam": {"eps": -1.0}, "hvadam": {}}))
     run(spec, sqlite_url)
     adam = studies_of(sqlite_url, spec)["adam"]
     assert [t.state for t in adam.trials] == [TrialState.FAIL] * 3
@@ -185,25 +177,33 @@ def test_a_crashing_trial_fails_with_its_traceback_and_the_campaign_completes(sq
 
 def start_worker(path: Path, url: str, cwd: Path, *extra: str) -> subprocess.Popen:
     """`hvadam worker` in its own process (HVAdam/Anon are not used: no compile warm-up)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HVADAM_STORAGE": url}
+    env = subprocess_env(HVADAM_STORAGE=url)
     cmd = [sys.executable, "-m", "studies.cli", "worker", str(path), "--quiet", "--threads", "1"]
     return subprocess.Popen([*cmd, *extra], env=env, cwd=cwd)
 
 
-def wait_for_run(db: ResultsDB, pid: int, timeout: float = 90.0):
-    """The first run a worker process starts (id, optimizer, trial number), or None."""
+def wait_for_run(
+    db: ResultsDB,
+    pid: int,
+    timeout: float = 90.0,
+    *,
+    by_others: bool = False,
+    alive: subprocess.Popen | None = None,
+):
+    """The first run process `pid` starts (id, optimizer, trial number), or None; with
+    `by_others`, the first run any other process starts. Gives up early once `alive` exits."""
     deadline = time.monotonic() + timeout
+    query = sa.text(
+        "SELECT id, optimizer, trial_number FROM hvadam_runs WHERE "
+        + ("worker NOT LIKE :w" if by_others else "status = 'running' AND worker LIKE :w")
+    )
     while time.monotonic() < deadline:
         with db.engine.connect() as conn:
-            row = conn.execute(
-                sa.text(
-                    "SELECT id, optimizer, trial_number FROM hvadam_runs "
-                    "WHERE status = 'running' AND worker LIKE :w"
-                ),
-                {"w": f"%:{pid}"},
-            ).first()
+            row = conn.execute(query, {"w": f"%:{pid}"}).first()
         if row is not None:
             return row
+        if alive is not None and alive.poll() is not None:
+            return None
         time.sleep(0.05)
     return None
 
@@ -218,7 +218,10 @@ from studies.spec import load_spec
 spec_path, url, start = sys.argv[1:]
 assert start_method(cuda=False) == start, start_method(cuda=False)
 assert start_method(cuda=True) == "spawn"
-run_campaign(load_spec(spec_path), RunnerConfig(storage=url, threads=1), workers=2)
+# The test pauses another worker for a while: a generous grace keeps its trial from being
+# taken for a lost one.
+config = RunnerConfig(storage=url, threads=1, grace_period=600)
+run_campaign(load_spec(spec_path), config, workers=2)
 """
 
 
@@ -231,6 +234,7 @@ def test_concurrent_workers_keep_equal_budgets_and_confirm_each_seed_once(
     # `hvadam worker` subprocesses, as for GPUs.
     path = write_spec(
         tmp_path,
+        VALLEY,
         workload={"name": "valley2d", "options": {"steps": 400, "report_every": 100}},
         optimizers=["adam", "sgd", "adamw"],
         budget={"trials": 3},
@@ -239,19 +243,28 @@ def test_concurrent_workers_keep_equal_budgets_and_confirm_each_seed_once(
     spec = load_spec(path)
     prepare_campaign(spec, sqlite_url)
     # A worker from "another shell", already busy when `tune --workers 2` (a process and
-    # one child) joins in.
+    # one child) joins in. It is paused until `tune` has started a run of its own: on a loaded
+    # machine `tune`'s start (importing torch, preparing the fork) can outlast the whole
+    # campaign's work, and the busy worker would be done before anyone joined.
+    db = ResultsDB(sqlite_url)
     outside = start_worker(path, sqlite_url, tmp_path, "--worker-index", "5")
-    assert wait_for_run(ResultsDB(sqlite_url), outside.pid) is not None
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HVADAM_WORKER_START": start}
-    tune = subprocess.run(
-        [sys.executable, "-c", RUN_TWO_WORKERS, str(path), sqlite_url, start],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert tune.returncode == 0, tune.stderr
+    assert wait_for_run(db, outside.pid) is not None
+    os.kill(outside.pid, signal.SIGSTOP)
+    try:
+        tune = subprocess.Popen(
+            [sys.executable, "-c", RUN_TWO_WORKERS, str(path), sqlite_url, start],
+            env=subprocess_env(HVADAM_WORKER_START=start),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        joined = wait_for_run(db, outside.pid, 240.0, by_others=True, alive=tune)
+    finally:
+        os.kill(outside.pid, signal.SIGCONT)
+    _, stderr = tune.communicate(timeout=300)
+    assert tune.returncode == 0, stderr
+    assert joined is not None, "tune's workers started no run"
     assert outside.wait(timeout=120) == 0
 
     runs = runs_frame(sqlite_url, "camp")
@@ -273,6 +286,7 @@ def test_a_sigkilled_workers_trial_is_retried_and_the_budget_completes(sqlite_ur
     # Trials long enough (~0.5 s) to kill one mid-run; heartbeat 1 s, grace 3 s.
     path = write_spec(
         tmp_path,
+        VALLEY,
         workload={"name": "valley2d", "options": {"steps": 1500, "report_every": 250}},
         optimizers=["adam", "sgd"],
         budget={"trials": 3},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from conftest import missing_component
+from helpers import missing_component
 
 from dashboards.browser import BrowserUnavailable
 from dashboards.screenshots import SHOTS, take_screenshots

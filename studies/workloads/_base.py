@@ -79,7 +79,10 @@ class RunResult:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-MakeOptimizer = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+# Takes parameters, or a list of param-group dicts, as torch.optim optimizers do.
+MakeOptimizer = Callable[
+    [Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]], torch.optim.Optimizer
+]
 OnEpoch = Callable[[EpochReport], None]
 
 _MISSING = object()

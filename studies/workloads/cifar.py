@@ -143,7 +143,8 @@ def _load_cached(root: str, dataset: str, verify: bool, stamp: tuple[Any, ...]) 
         if images.dtype != torch.uint8 or images.shape[1:] != (3, 32, 32):
             raise DataNotFoundError(f"{dataset} under {root}: images are not uint8 3x32x32")
         parts += [images, labels]
-    return CifarArrays(*parts, classes=tuple(ds.classes))
+    train_x, train_y, test_x, test_y = parts
+    return CifarArrays(train_x, train_y, test_x, test_y, classes=tuple(ds.classes))
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -170,6 +171,9 @@ def augment(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> t
 
 class Normalize(nn.Module):
     """uint8 images -> normalised float images (the first layer of every model here)."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -271,7 +275,7 @@ class Cifar(Workload):
             torch.backends.cudnn.benchmark = True
 
         net = build_model(o["model"], num_classes=num_classes, width=o["width"])
-        model = nn.Sequential(Normalize(mean, std), net).to(dev, memory_format=memory_format)
+        model = nn.Sequential(Normalize(mean, std), net).to(dev).to(memory_format=memory_format)
         optimizer = make_optimizer(model.parameters())
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=o["lr_milestones"], gamma=o["lr_gamma"]
@@ -374,25 +378,27 @@ class Cifar(Workload):
 # ---- writing the on-disk format (synthetic data for tests, smoke runs and benchmarks) -----------
 
 
-class _Python2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+class _Python2Pickler(pickle._Pickler):
     """Pickles text and bytes as Python 2 `str`, like the official CIFAR files.
 
     Read back with `encoding="latin1"` (torchvision) the keys are `str`; with
     `encoding="bytes"` (the CIFAR website's recipe) they are `b"data"`, `b"labels"`, ...
     """
 
-    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+    dispatch = pickle._Pickler.dispatch.copy()
 
     def _save_py2_str(self, obj: str | bytes) -> None:
         data = obj.encode("latin1") if isinstance(obj, str) else bytes(obj)
+        pickler: Any = self  # the pure-Python pickler's write and memoize are not in typeshed
         if len(data) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+            pickler.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
         else:
-            self.write(pickle.BINSTRING + len(data).to_bytes(4, "little") + data)
-        self.memoize(obj)
+            pickler.write(pickle.BINSTRING + len(data).to_bytes(4, "little") + data)
+        pickler.memoize(obj)
 
-    dispatch[str] = _save_py2_str
-    dispatch[bytes] = _save_py2_str
+    # typeshed types the table's functions as taking an Unpickler
+    dispatch[str] = _save_py2_str  # type: ignore[assignment]
+    dispatch[bytes] = _save_py2_str  # type: ignore[assignment]
 
 
 def _dump(path: Path, obj: Any) -> None:

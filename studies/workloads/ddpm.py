@@ -55,6 +55,7 @@ def build_unet(dataset: str, width: int, attention: bool) -> nn.Module:
         raise OptionError(
             f"the ddpm workloads need diffusers (the 'workloads' extra): {exc}"
         ) from None
+    mults: tuple[int, ...]
     if dataset == "digits":
         channels, size, mults = 1, 8, (1, 2)
     else:
@@ -159,7 +160,8 @@ class DDPM(Workload):
         val_noise = torch.randn(val_x.shape, generator=fixed)
         val_noisy = scheduler.add_noise(val_x, val_noise, val_t)
 
-        model = build_unet(o["dataset"], o["width"], o["attention"]).to(dev, memory_format=memory)
+        model = build_unet(o["dataset"], o["width"], o["attention"])
+        model = model.to(dev, memory_format=memory)  # type: ignore[call-overload]
         optimizer = make_optimizer(model.parameters())
         lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(o))
         draws = torch.Generator(device=dev).manual_seed(int(seed))

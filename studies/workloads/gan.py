@@ -76,7 +76,8 @@ def _init(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, 0.02)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
@@ -154,8 +155,10 @@ class GAN(Workload):
         memory = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
 
         gen, disc = build_gan(o["dataset"], o["width"], o["latent"], o["spectral_norm"])
-        _init(gen), _init(disc)
-        gen, disc = gen.to(dev, memory_format=memory), disc.to(dev, memory_format=memory)
+        _init(gen)
+        _init(disc)
+        gen = gen.to(dev, memory_format=memory)  # type: ignore[call-overload]
+        disc = disc.to(dev, memory_format=memory)  # type: ignore[call-overload]
         opt_g, opt_d = make_optimizer(gen.parameters()), make_optimizer(disc.parameters())
         z_shape = (o["latent"],) if o["dataset"] == "digits" else (o["latent"], 1, 1)
         fixed_z = torch.randn(

@@ -171,7 +171,8 @@ def param_groups(model: nn.Module) -> list[dict[str, Any]]:
 
     The tied embedding/output matrix is a matrix; position embeddings are not decayed.
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 and not name.startswith("pos.") else no_decay).append(p)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -104,7 +104,7 @@ class DigitsFeatures:
 
 
 @functools.lru_cache(maxsize=2)
-def _digits_classifier(split_seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def _digits_classifier(split_seed: int) -> tuple[nn.Sequential, torch.Tensor, torch.Tensor]:
     """Train `digits-mlp`'s network (64-128-10) on the training split: fixed seed, order and
     steps, one thread (the same weights on every CPU), well under a second; cached per process.
     Validation accuracy about 0.96."""
@@ -133,6 +133,7 @@ def _digits_classifier(split_seed: int) -> tuple[nn.Module, torch.Tensor, torch.
     finally:
         torch.set_num_threads(threads)
     net.eval().requires_grad_(False)
+    assert isinstance(net, nn.Sequential)  # digits' MLP: features are all but its last layer
     return net, mean, std
 
 
@@ -193,7 +194,7 @@ def write_standin_inception_weights(path: str | os.PathLike[str], seed: int = 0)
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     class Skeleton(FeatureExtractorInceptionV3):
-        def load_state_dict(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+        def load_state_dict(self, *args: object, **kwargs: object) -> None:
             return None
 
     path = Path(path)

@@ -25,7 +25,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -104,7 +104,8 @@ def _load_cached(stamp: tuple[tuple[str, int], ...]) -> Corpus:
         raise DataNotFoundError(
             f"Penn Treebank files too small to train on: {[p for p, _ in stamp]}"
         )
-    return Corpus(*splits, vocabulary=tuple(index))
+    train, valid, test = splits
+    return Corpus(train, valid, test, vocabulary=tuple(index))
 
 
 def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -177,8 +178,13 @@ class AWDLSTM(nn.Module):
                 weight.new_zeros(1, batch_size, rnn.hidden_size),
                 weight.new_zeros(1, batch_size, rnn.hidden_size),
             )
-            for rnn in self.rnns
+            for rnn in self.lstms
         ]
+
+    @property
+    def lstms(self) -> list[nn.LSTM]:
+        """The recurrent layers, bottom first (`rnns`, typed)."""
+        return [cast(nn.LSTM, rnn) for rnn in self.rnns]
 
     def _recur(
         self, rnn: nn.LSTM, x: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor]
@@ -187,7 +193,11 @@ class AWDLSTM(nn.Module):
             return rnn(x, hidden)
         # DropConnect on the recurrent weights: the dropped matrix replaces the parameter for
         # this call only, so gradients flow to the raw weight.
-        dropped = {"weight_hh_l0": F.dropout(rnn.weight_hh_l0, p=self.wdrop, training=True)}
+        dropped = {
+            "weight_hh_l0": F.dropout(
+                rnn.get_parameter("weight_hh_l0"), p=self.wdrop, training=True
+            )
+        }
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
             return torch.func.functional_call(rnn, dropped, (x, hidden), strict=False)
@@ -199,7 +209,7 @@ class AWDLSTM(nn.Module):
         x = embedded_dropout(self.encoder, words, self.dropoute, self.training)
         x = locked_dropout(x, self.dropouti, self.training)
         new_hidden = []
-        for i, rnn in enumerate(self.rnns):
+        for i, rnn in enumerate(self.lstms):
             raw, h = self._recur(rnn, x, hidden[i])
             new_hidden.append(h)
             last = i == len(self.rnns) - 1

@@ -118,7 +118,9 @@ class FunctionWorkload(Workload):
         self, name: str, *, metric: Mapping[str, Any] | None = None, **options: Any
     ) -> None:
         self.name = name
-        self.metric, self.direction = _parse_metric(name, metric)
+        # The class declares metric and direction per workload; a function workload's come from
+        # its spec, so each instance carries its own.
+        self.metric, self.direction = _parse_metric(name, metric)  # type: ignore[misc]
         if "epochs" not in options:
             raise OptionError(
                 f"option 'epochs' is missing: a function workload ({name!r}) needs the number "

@@ -3,13 +3,16 @@
 The optimizer moves one point (x, y) for `steps` steps; every `report_every` steps is one report.
 The run records the path, the start, the minimum and a plotting window in `extras`, so a report
 can draw the trajectory over a contour plot of the function.
+
+`run_valley` is the same problem without a campaign around it: f at every step of one
+optimizer, for the optimizer tests (the paper's demonstration).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -180,3 +183,55 @@ class Valley2D(Workload):
     def _distance(point: torch.Tensor, func: TestFunction) -> float:
         xy = point.detach().cpu()
         return min(math.dist((float(xy[0]), float(xy[1])), m) for m in func.minima)
+
+
+@dataclass(frozen=True)
+class ValleyRun:
+    """One optimisation of a test function: the points visited and f along the way."""
+
+    trajectory: list[tuple[float, float]]  # the start, then the point after every step
+    values: list[float]  # f at each point of `trajectory`
+
+    @property
+    def final(self) -> float:
+        return self.values[-1]
+
+    @property
+    def best(self) -> float:
+        return min(self.values)
+
+
+def run_valley(
+    optimizer_factory: Callable[[Iterable[torch.Tensor], float], torch.optim.Optimizer],
+    steps: int,
+    *,
+    function: str = "valley",
+    start: tuple[float, float] | None = None,
+    lr: float = 1e-2,
+    dtype: torch.dtype = torch.float64,
+) -> ValleyRun:
+    """Minimise `function` (the paper's valley, f = 4|x - y| + |x + y|, by default) from `start`
+    (the function's usual one: (8, 7.5) for the valley) for `steps` steps with
+    `optimizer_factory(params, lr)`, recording every point and f there."""
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if function not in FUNCTIONS:
+        raise ValueError(f"function must be one of {', '.join(FUNCTIONS)}, got {function!r}")
+    func = FUNCTIONS[function]
+    point = torch.tensor(start or func.start, dtype=dtype, requires_grad=True)
+    optimizer = optimizer_factory([point], lr)
+
+    def here() -> tuple[tuple[float, float], float]:
+        x, y = point.detach()
+        return (float(x), float(y)), float(func.fn(x, y))
+
+    xy, value = here()
+    trajectory, values = [xy], [value]
+    for _ in range(steps):
+        optimizer.zero_grad()
+        func.fn(point[0], point[1]).backward()
+        optimizer.step()
+        xy, value = here()
+        trajectory.append(xy)
+        values.append(value)
+    return ValleyRun(trajectory=trajectory, values=values)

@@ -13,7 +13,7 @@ from torch import nn
 
 from hvadam import _cpu_kernel, _fastpath, _hvadam
 from hvadam._hvadam import HVAdam
-from hvadam.valley import run_valley
+from studies.workloads.valley2d import run_valley
 
 F64 = torch.float64
 

@@ -1,0 +1,127 @@
+"""A campaign in its storage: creating its tables and studies once, and telling when it is done.
+
+A campaign is one Optuna study per optimizer (`<campaign>/<optimizer>`), created once before any
+worker starts, each tagged with the campaign's user attrs and with the optimizer's default
+config enqueued as its first trial. Both backends start with `prepare_campaign` and end when
+`campaign_complete` says so.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from studies.results import ResultsDB
+from studies.spec import CampaignSpec
+from studies.storage import CampaignLock, check_storage_url, connect_check, mask_url, optuna_storage
+
+__all__ = ["CampaignError", "campaign_complete", "prepare_campaign", "quiet_optuna"]
+
+
+class CampaignError(ValueError):
+    """A campaign that cannot run as asked (conflicting spec, failed workers, ...)."""
+
+
+def quiet_optuna() -> None:
+    """Silence Optuna's per-trial logging and its experimental-feature warnings.
+
+    Trials are reported by the project's own progress lines; heartbeats and their retry
+    callback are marked experimental, and the project relies on them knowingly.
+    """
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def prepare_campaign(spec: CampaignSpec, storage: str) -> dict[str, Any]:
+    """Check the spec and storage, then create the campaign's tables and studies (idempotent).
+
+    Runs under the campaign lock, so it is safe when several processes start at once. Raises
+    `SpecError`, `StorageError` or `CampaignError` (a different spec under the same name).
+    Returns the campaign's description (metric, direction, study names).
+    """
+    quiet_optuna()
+    spaces = spec.load_spaces()
+    workload = spec.build_workload()
+    check_storage_url(storage)
+    connect_check(storage)
+    db = ResultsDB(storage)
+    normalized = spec.normalized()
+    with CampaignLock(storage, spec.name):
+        rdb = optuna_storage(storage, create_tables=True)
+        db.create_tables()
+        try:
+            db.register_campaign(
+                name=spec.name,
+                spec_hash=spec.spec_hash,
+                spec=normalized,
+                workload=spec.workload,
+                metric=workload.metric,
+                direction=workload.direction,
+            )
+        except ValueError as exc:
+            raise CampaignError(str(exc)) from None
+        for label, space in spaces.items():
+            name = spec.study_name(label)
+            try:
+                study = optuna.load_study(study_name=name, storage=rdb)
+            except KeyError:
+                study = None
+            if study is not None:
+                stored = study.user_attrs.get("spec_hash")
+                if stored != spec.spec_hash:
+                    raise CampaignError(
+                        f"study {name!r} already exists in {mask_url(storage)} with a different "
+                        f"spec (stored hash {stored}, this spec {spec.spec_hash}); give the "
+                        f"changed campaign a new name, or use another storage"
+                    )
+                continue
+            study = optuna.create_study(study_name=name, storage=rdb, direction=workload.direction)
+            attrs = {
+                "campaign": spec.name,
+                "workload": spec.workload,
+                "optimizer": label,
+                "optimizer_class": space.optimizer,
+                "spec_hash": spec.spec_hash,
+                "spec": normalized,
+                "metric": workload.metric,
+                "direction": workload.direction,
+                "budget_trials": spec.trials,
+            }
+            for key, value in attrs.items():
+                study.set_user_attr(key, value)
+            study.enqueue_trial(space.default_params(), user_attrs={"default_config": True})
+        rdb.engine.dispose()
+    return {
+        "metric": workload.metric,
+        "direction": workload.direction,
+        "studies": [spec.study_name(label) for label in spaces],
+    }
+
+
+def campaign_complete(spec: CampaignSpec, storage: str) -> bool:
+    """Whether every search trial and confirm run of the campaign has finished."""
+    rdb = optuna_storage(storage, create_tables=False)
+    db = ResultsDB(storage)
+    claims = {(c["optimizer"], c["slot"]): c for c in db.claims(spec.name, "confirm")}
+    try:
+        for label in spec.labels:
+            study = optuna.load_study(study_name=spec.study_name(label), storage=rdb)
+            used = running = 0
+            has_complete = False
+            for t in study.get_trials(deepcopy=False):
+                used += "failed_trial" not in t.system_attrs
+                running += t.state in (TrialState.RUNNING, TrialState.WAITING)
+                has_complete = has_complete or t.state == TrialState.COMPLETE
+            if used < spec.trials or running:
+                return False
+            if has_complete:
+                for slot in range(spec.confirm_seeds):
+                    c = claims.get((label, slot))
+                    if c is None or c["status"] != "done":
+                        return False
+        return True
+    finally:
+        rdb.engine.dispose()
