@@ -42,7 +42,7 @@ def _check_hyperparameters(group: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Reference path: one pure function per tensor, plain math with Python numbers, easy to hold
-# against ALGORITHMS.md. It may synchronise (it reads the step count and the decisions on the host).
+# against docs/algorithms.md. It may synchronise (it reads the step count and the decisions on the host).
 # ----------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Anon: the reference path against ALGORITHMS.md, the fast paths against the reference, state."""
+"""Anon: the reference path against docs/algorithms.md, the fast paths against the reference, state."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from torch import nn
 from hvadam import Anon, _fastpath
 
 # ---------------------------------------------------------------------------------------------
-# A literal transcription of ALGORITHMS.md ("Anon"), float64, one flat tensor, no shortcuts.
+# A literal transcription of docs/algorithms.md ("Anon"), float64, one flat tensor, no shortcuts.
 
 
 def published_anon(theta, grad_fn, *, steps, lr, betas, eps, adaptivity):
-    """The published rule exactly as ALGORITHMS.md writes it (doubling refresh, merge by 1/2)."""
+    """The published rule exactly as docs/algorithms.md writes it (doubling refresh, merge by 1/2)."""
     beta1, beta2 = betas
     theta = theta.clone()
     m = torch.zeros_like(theta)

@@ -1,4 +1,4 @@
-"""HVAdam: the rule of ALGORITHMS.md, the fast path against the reference, checkpoints, errors."""
+"""HVAdam: the rule of docs/algorithms.md, the fast path against the reference, checkpoints, errors."""
 
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ def cpu_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-# --- an independent, literal transcription of ALGORITHMS.md: Python floats, element loops ---
+# --- an independent, literal transcription of docs/algorithms.md: Python floats, element loops ---
 
 
 class LiteralHVAdam:
-    """HVAdam for one group of flat float lists, written line by line from ALGORITHMS.md."""
+    """HVAdam for one group of flat float lists, written line by line from docs/algorithms.md."""
 
     def __init__(self, sizes, *, lr, betas, eps, gamma, adaptivity, restart_threshold,
                  hv_step_range, weight_decay, decoupled, amsgrad):  # fmt: skip
