@@ -67,39 +67,71 @@ def resolve_storage_url(storage: str | None = None) -> str:
     return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
+# Query keys that carry a secret (`?password=...`, `?sslpassword=...`, `?api_token=...`).
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|credential|auth|key", re.IGNORECASE)
+# `scheme://user:password@`: the password runs to the last `@` before the host (a password may
+# hold an unencoded `@`), never across `/`, `?`, `#` or white space.
 _PASSWORD_IN_URL = re.compile(
-    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)"
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^\s/?#]+)(?=@)"
 )
+# `password=...` anywhere (URL queries, libpq conninfo strings quoted in driver errors).
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?P<head>\b[A-Za-z_]*(?:pass|pwd|secret|token|credential)[A-Za-z_]*\s*=\s*)"
+    r"(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,'\")]+)",
+    re.IGNORECASE,
+)
+UNPARSEABLE = "<a storage URL that could not be parsed>"
 
 
 def mask_url(url: str | URL) -> str:
-    """The URL with its password replaced by `***` (safe to print, log or store)."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return mask_text(str(url))
-    if parsed.password is None:
-        return str(url)
-    return parsed.render_as_string(hide_password=True)
+    """The URL with its password and any secret in its query replaced by `***`.
+
+    Safe to print, log or store. The URL is parsed (never pattern-matched only): one that
+    cannot be parsed is not shown at all, since no one can tell which part of it is secret.
+    """
+    if not isinstance(url, URL):
+        try:
+            url = make_url(str(url))
+        except Exception:
+            return UNPARSEABLE
+    changes: dict[str, Any] = {}
+    if url.host and "@" in url.host:
+        # `user:pa@ss@host`: SQLAlchemy splits at the first `@`; the rest of the password
+        # would show as part of the host.
+        changes.update(password="***", host=url.host.rsplit("@", 1)[1])
+    query = {key: ("***" if _SECRET_KEY.search(key) else value) for key, value in url.query.items()}
+    if query != dict(url.query):
+        changes["query"] = query
+    if changes:
+        url = url.set(**changes)
+    # Query values are percent-encoded when rendered; the mask reads better as it is.
+    return url.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
 
 
 def mask_text(text: str) -> str:
-    """Every `scheme://user:password@` in free text with the password replaced by `***`."""
-    return _PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***", text)
+    """Free text with every URL password (`scheme://user:password@`) and every secret
+    assignment (`password=...`, `?token=...`) replaced by `***`."""
+    text = _PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***", text)
+    return _SECRET_ASSIGNMENT.sub(lambda m: m.group("head") + "***", text)
 
 
 def check_storage_url(url: str) -> URL:
     """Parse and check a storage URL without connecting; raise `StorageError` naming it."""
-    masked = mask_url(url)
     try:
         parsed = make_url(url)
-    except Exception as exc:
+    except Exception:
+        # Not shown: which part of an unparseable URL is a password cannot be told.
         raise StorageError(
-            f"storage URL {masked!r} is not a database URL ({_first_line(exc)}); "
-            f"accepted forms: {ACCEPTED_FORMS}"
+            "the storage URL is not a database URL: it could not be parsed (it is not shown, since it "
+            "may hold a password; a password with '@', '/', ':' or '?' must be percent-encoded, "
+            f"e.g. '@' as %40); accepted forms: {ACCEPTED_FORMS}"
         ) from None
+    masked = mask_url(parsed)
+    if parsed.host and "@" in parsed.host:
+        raise StorageError(
+            f"storage URL {masked!r}: the part before the host holds more than one '@'; "
+            f"percent-encode an '@' in the user name or password as %40"
+        )
     try:
         parsed.get_dialect()
     except Exception as exc:
