@@ -279,3 +279,422 @@ def test_a_pbt_checkpoint_that_runs_code_is_refused(tmp_path):
     with pytest.raises(RayError, match="refused"):
         load_checkpoint(path)
     assert not target.exists()
+
+
+# ---- 4. overrides checked against the optimizer; devices -----------------------------------------
+
+
+def _nothing_written(url: str) -> bool:
+    path = Path(make_url(url).database)
+    if not path.exists():
+        return True
+    engine = sa.create_engine(url)
+    try:
+        return not sa.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("optimizers", "key", "needle"),
+    [
+        ({"adam": {"lr": -0.5}}, "optimizers.adam.lr", "Invalid learning rate"),
+        ({"adam": {"lr": float("nan")}}, "optimizers.adam.lr", "nan"),
+        ({"adam": {"lr": "fast"}}, "optimizers.adam.lr", "'fast'"),
+        (
+            {"adam": {"eps": {"kind": "float", "low": -1.0, "high": -0.5, "default": -0.7}}},
+            "optimizers.adam.eps",
+            "refused by 'adam'",
+        ),
+        ({"adam": {"betas.0": {"high": 1.5}}}, "optimizers.adam.betas.0", "1.5"),
+        ({"adam": {"colour": 3}}, "optimizers.adam.colour", "not a hyperparameter"),
+    ],
+)
+def test_an_override_the_optimizer_refuses_fails_at_spec_load_naming_the_key(
+    tmp_path, capsys, optimizers, key, needle
+):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert main(["tune", spec_file(tmp_path, optimizers=optimizers), "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert f"{key}:" in err and needle in err, err
+    assert _nothing_written(url)
+
+
+def test_every_shipped_space_passes_the_optimizer_check():
+    from search_spaces import available_spaces, load_space
+    from studies.spec import check_space_values
+
+    for name in available_spaces():
+        check_space_values("shipped", name, load_space(name))
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--device", "tpu"], "--device must be one of"),
+        (["--device", "cpu\n"], "--device must be one of"),
+    ],
+)
+def test_a_device_this_machine_cannot_use_is_refused_before_anything_is_written(
+    tmp_path, capsys, flags, needle
+):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert main(["tune", spec_file(tmp_path), "--storage", url, *flags]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "c.db").exists()
+
+
+def test_cuda_without_cuda_is_refused_before_anything_is_written(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert main(["tune", spec_file(tmp_path), "--storage", url, "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert main(["tune", spec_file(tmp_path, device="cuda:0"), "--storage", url]) == 2
+    assert "device 'cuda:0': CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "c.db").exists()
+
+
+# ---- 5, 9. run flags checked first ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--grace-period", "1", "--heartbeat-interval", "10"], "more than twice"),
+        (["--heartbeat-interval", "120"], "more than twice"),
+        (["--grace-period", "20", "--heartbeat-interval", "10"], "more than twice"),
+        (["--workers", "0"], "--workers must be"),
+        (["--workers", "100000"], "more than this machine can run"),
+        (["--threads", "-3"], "--threads must be"),
+        (["--heartbeat-interval", "0"], "--heartbeat-interval must be"),
+        (["--max-concurrent", "2"], "only with --backend ray"),
+    ],
+)
+def test_bad_run_flags_are_refused_before_the_storage_is_touched(tmp_path, capsys, flags, needle):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert main(["tune", spec_file(tmp_path), "--storage", url, *flags]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "c.db").exists()
+
+
+def test_worker_and_demo_check_their_flags_too(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    spec = spec_file(tmp_path)
+    assert main(["worker", spec, "--storage", url, "--grace-period", "5"]) == 2
+    assert "more than twice" in capsys.readouterr().err
+    assert main(["demo", "--storage", url, "--seeds", "-1"]) == 2
+    assert "--seeds must be" in capsys.readouterr().err
+    assert main(["demo", "--storage", url, "--workers", "0"]) == 2
+    assert not (tmp_path / "c.db").exists()
+
+
+def test_runner_config_refuses_a_grace_period_within_two_heartbeats():
+    from studies.campaign import CampaignError
+    from studies.worker import RunnerConfig
+
+    with pytest.raises(CampaignError, match="more than twice"):
+        RunnerConfig(storage="sqlite:///x.db", heartbeat_interval=10, grace_period=20)
+    assert RunnerConfig(storage="sqlite:///x.db", heartbeat_interval=1, grace_period=3)
+
+
+# ---- 6, 7. one YAML reader -----------------------------------------------------------------------
+
+
+def test_numbers_read_the_same_in_specs_configs_and_spaces(tmp_path):
+    import hvadam
+    from search_spaces import load_space
+    from studies.spec import load_spec
+
+    text = yaml.safe_dump(TINY) + "optimizers:\n  adam: {lr: {low: 1e-4, high: 1e-1}}\n"
+    text = text.replace("optimizers:\n- hvadam\n- sgd\n", "")
+    spec = load_spec(spec_file(tmp_path, text))
+    assert spec.entry("adam").overrides == {"lr": {"low": 1e-4, "high": 1e-1}}
+    config = tmp_path / "c.yaml"
+    config.write_text("optimizer: adam\nhyperparameters: {lr: 3e-4, eps: 1e-8}\n")
+    assert hvadam.load_config(config)["hyperparameters"]["lr"] == 3e-4
+    space = tmp_path / "s.yaml"
+    space.write_text(
+        "optimizer: adam\nparams:\n  lr: {kind: float, low: 1e-5, high: 1e-1, log: true, default: 1e-3}\n"
+    )
+    assert load_space(space).params["lr"].low == 1e-5
+
+
+def test_duplicate_keys_are_refused_in_specs_and_configs(tmp_path):
+    import hvadam
+    from studies.spec import SpecError, load_spec
+
+    text = yaml.safe_dump(TINY) + "seed: 1\nseed: 2\n"
+    with pytest.raises(SpecError, match="duplicate key 'seed' \\(line"):
+        load_spec(spec_file(tmp_path, text))
+    config = tmp_path / "c.yaml"
+    config.write_text("optimizer: adam\nhyperparameters: {lr: 0.1, lr: 0.2}\n")
+    with pytest.raises(ValueError, match="duplicate key 'lr'"):
+        hvadam.load_config(config)
+
+
+# ---- 8. names --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"name": "abc\n"}, "name: must be a string"),
+        ({"name": "a" * 256}, "at most 255 characters"),
+        ({"optimizers": {"x" * 65: {"space": "adam"}}}, "at most 64 characters"),
+        ({"optimizers": {"adam\n": {}}}, "an optimizer label must be"),
+        ({"device": "cpu\n"}, "device: must be one of"),
+    ],
+)
+def test_names_are_matched_whole_and_fit_the_database_columns(tmp_path, changes, needle):
+    from studies.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match=needle):
+        load_spec(spec_file(tmp_path, **changes), check=False)
+
+
+def test_the_longest_names_fit_optuna_and_postgresql(postgres_url, tmp_path, capsys):
+    from studies.spec import MAX_LABEL_LENGTH, MAX_NAME_LENGTH
+
+    name, label = "n" * MAX_NAME_LENGTH, "l" * MAX_LABEL_LENGTH
+    spec = spec_file(
+        tmp_path, name=name, optimizers={label: {"space": "sgd"}}, budget={"trials": 1}
+    )
+    assert main(["tune", spec, "--storage", postgres_url, "--threads", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["compare", name, "--storage", postgres_url, "--format", "csv"]) == 0
+    assert label in capsys.readouterr().out
+
+
+def test_a_partition_name_with_a_newline_is_refused(tmp_path):
+    from studies.cluster import ClusterError, render_slurm_workers
+    from studies.spec import load_spec
+
+    spec = load_spec(spec_file(tmp_path), check=False)
+    with pytest.raises(ClusterError, match="--partition"):
+        render_slurm_workers(
+            spec=spec,
+            storage="postgresql+psycopg://hv:pw@db/c",
+            workers=1,
+            partition="gpu\n#SBATCH --x",
+        )
+
+
+# ---- 10. confirm seeds ------------------------------------------------------------------------------
+
+
+def test_confirm_seeds_are_bounded(tmp_path):
+    from studies.spec import MAX_CONFIRM_SEEDS, SpecError, load_spec
+
+    with pytest.raises(
+        SpecError, match=f"confirm.seeds: must be an integer in \\[0, {MAX_CONFIRM_SEEDS}\\]"
+    ):
+        load_spec(spec_file(tmp_path, confirm={"seeds": 100_000_000}), check=False)
+
+
+def test_the_claim_lookup_does_not_walk_every_seed_slot():
+    from studies.worker import _open_slots
+
+    seeds = 10**12  # far beyond the bound: the lookup must not depend on it
+    claims = [
+        {"slot": 0, "status": "done", "heartbeat_at": 0.0},
+        {"slot": 1, "status": "running", "heartbeat_at": 0.0},
+        {"slot": 2, "status": "running", "heartbeat_at": 1e12},
+    ]
+    slots = _open_slots(claims, seeds, lambda c: c["heartbeat_at"] < 1.0)
+    assert slots is not None
+    assert [next(slots) for _ in range(3)] == [1, 3, 4]
+    done = [{"slot": s, "status": "done", "heartbeat_at": 0.0} for s in range(3)]
+    assert _open_slots(done, 3, lambda c: True) is None
+
+
+# ---- 11. read-only commands create nothing ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["status", "tiny"],
+        ["compare", "tiny"],
+        ["report", "tiny", "-o", "out"],
+        ["export", "tiny"],
+    ],
+)
+def test_read_only_commands_never_create_a_database(tmp_path, capsys, command, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    assert main([*command, "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "nothing was created" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- 12. export outputs -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_campaign(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("tiny")
+    url = f"sqlite:///{root / 'c.db'}"
+    assert main(["tune", spec_file(root), "--storage", url, "--threads", "1", "--quiet"]) == 0
+    return url
+
+
+def test_export_refuses_a_suffix_load_optimizer_cannot_read(tiny_campaign, tmp_path, capsys):
+    for name in ("best.txt", "best.json"):
+        code = main(
+            [
+                "export",
+                "tiny",
+                "--storage",
+                tiny_campaign,
+                "-o",
+                str(tmp_path / name),
+                "--format",
+                "yaml",
+            ]
+        )
+        assert code == 2
+        assert "must end in .yaml or .yml" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_reports_write_errors_as_such(tiny_campaign, tmp_path, capsys):
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    full = tmp_path / "best.yaml"
+    full.symlink_to("/dev/full")
+    assert (
+        main(["export", "tiny", "--storage", tiny_campaign, "-o", str(full), "--optimizer", "sgd"])
+        == 2
+    )
+    assert "No space left on device" in capsys.readouterr().err
+    assert main(["export", "tiny", "--storage", tiny_campaign, "-o", "/dev/full"]) == 2
+    assert "must end in .yaml or .yml" in capsys.readouterr().err
+
+
+def test_export_never_creates_missing_parent_directories(tiny_campaign, tmp_path, capsys):
+    for target in ("no/such/best.yaml", "no/such/dir"):
+        assert (
+            main(["export", "tiny", "--storage", tiny_campaign, "-o", str(tmp_path / target)]) == 2
+        )
+        assert "does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    assert main(["export", "tiny", "--storage", tiny_campaign, "-o", str(tmp_path / "dir")]) == 0
+    assert sorted(p.name for p in (tmp_path / "dir").iterdir()) == ["hvadam.yaml", "sgd.yaml"]
+
+
+# ---- 13. a campaign in which no run completed -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def diverged_campaign(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Every trial diverges (SGD at lr 1000 on a quadratic): no run completes."""
+    root = tmp_path_factory.mktemp("diverged")
+    url = f"sqlite:///{root / 'c.db'}"
+    spec = spec_file(
+        root,
+        name="nc",
+        workload={
+            "name": "noisy-quadratic",
+            "options": {"dim": 10, "steps": 60, "report_every": 20},
+        },
+        optimizers={"sgd": {"lr": 1000.0}},
+    )
+    assert main(["tune", spec, "--storage", url, "--threads", "1", "--quiet"]) == 0
+    return url
+
+
+def test_study_notes_of_a_campaign_without_a_completed_run(diverged_campaign):
+    from dashboards.notes import annotate_studies
+
+    assert annotate_studies(diverged_campaign, "nc") == ["nc/sgd"]
+
+
+def test_report_of_a_campaign_without_a_completed_run_says_so(diverged_campaign, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["report", "nc", "--storage", diverged_campaign, "-o", str(out)]) == 0
+    assert "No completed run yet" in capsys.readouterr().out
+    assert "No completed run yet" in (out / "report.html").read_text()
+
+
+def test_export_of_a_campaign_without_a_completed_run_fails_clearly(diverged_campaign, capsys):
+    assert main(["export", "nc", "--storage", diverged_campaign]) == 2
+    assert "has no completed run to export" in capsys.readouterr().err
+
+
+# ---- 15. a corrupted database ---------------------------------------------------------------------
+
+
+def test_a_corrupted_database_is_reported_by_its_root_cause_in_one_line(
+    tiny_campaign, tmp_path, capsys
+):
+    import shutil
+
+    source = Path(make_url(tiny_campaign).database)
+    copy = tmp_path / "c.db"
+    shutil.copy(source, copy)
+    for suffix in ("-wal", "-shm"):
+        if Path(f"{source}{suffix}").exists():
+            shutil.copy(f"{source}{suffix}", f"{copy}{suffix}")
+    engine = sa.create_engine(f"sqlite:///{copy}")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    size = copy.stat().st_size
+    with open(copy, "r+b") as fh:  # every page but the first (the schema) overwritten
+        fh.seek(4096)
+        fh.write(b"\xff" * (size - 4096))
+    url = f"sqlite:///{copy}"
+    for command in (["status", "tiny"], ["tune", spec_file(tmp_path), "--threads", "1"]):
+        assert main([*command, "--storage", url]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "database disk image is malformed" in err[0], err
+
+
+def test_an_error_summary_names_the_root_cause():
+    from studies.storage import error_summary
+
+    try:
+        try:
+            raise sa.exc.OperationalError("SELECT 1", {}, Exception("disk I/O error"))
+        except Exception as inner:
+            raise RuntimeError("An exception is raised during the commit.\nmore") from inner
+    except RuntimeError as exc:
+        assert error_summary(exc) == (
+            "An exception is raised during the commit. (cause: OperationalError: "
+            "(builtins.Exception) disk I/O error)"
+        )
+
+
+# ---- 17. compare --format json ----------------------------------------------------------------------
+
+
+def test_compare_json_keeps_full_precision(tiny_campaign, capsys):
+    import json
+
+    from studies.results import compare_frame
+
+    frame = compare_frame(tiny_campaign, "tiny")
+    assert main(["compare", "tiny", "--storage", tiny_campaign, "--format", "json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    for rec, row in zip(records, frame.to_dict(orient="records"), strict=True):
+        for key in ("best_value", "confirm_mean", "compute_time"):
+            assert rec[key] == row[key], key  # exactly, not to 10 digits
+
+
+def test_compare_json_keeps_tiny_values():
+    import json
+
+    import pandas as pd
+
+    from studies.cli import format_compare
+
+    frame = pd.DataFrame(
+        [{"optimizer": "a", "best_value": 3.2e-11, "confirm_std": float("nan"), "n": 3}]
+    )
+    (rec,) = json.loads(format_compare(frame, "json"))
+    assert rec == {"optimizer": "a", "best_value": 3.2e-11, "confirm_std": None, "n": 3}
