@@ -698,3 +698,25 @@ def test_compare_json_keeps_tiny_values():
     )
     (rec,) = json.loads(format_compare(frame, "json"))
     assert rec == {"optimizer": "a", "best_value": 3.2e-11, "confirm_std": None, "n": 3}
+
+
+# ---- siblings: data files never run code ------------------------------------------------------------
+
+
+def test_a_cifar_batch_that_runs_code_is_refused(tmp_path):
+    import pickle
+
+    from workload_files import write_tiny_cifar
+
+    from studies.workloads import DataNotFoundError
+    from studies.workloads.cifar import load_cifar
+
+    root = write_tiny_cifar(tmp_path / "data", "cifar10", train=20, test=10)
+    images = load_cifar(root, "cifar10")
+    assert tuple(images.train_x.shape) == (20, 3, 32, 32)  # the real format still loads
+    target = tmp_path / "pwned"
+    batch = next((root).rglob("data_batch_1"))
+    batch.write_bytes(pickle.dumps({"data": _Exploit(target), "labels": [0]}))
+    with pytest.raises(DataNotFoundError, match="not allowed in a data file"):
+        load_cifar(root, "cifar10")
+    assert not target.exists()
