@@ -15,9 +15,12 @@ __all__ = ["add_subcommands", "export_configs", "serve_dashboard", "write_report
 
 
 def _storage(args: argparse.Namespace) -> str:
-    from studies.api import resolve_storage_url
+    """The storage URL; these commands only read, so a missing SQLite file is refused."""
+    from studies.api import check_storage_exists, resolve_storage_url
 
-    return resolve_storage_url(getattr(args, "storage", None))
+    url = resolve_storage_url(getattr(args, "storage", None))
+    check_storage_exists(url)
+    return url
 
 
 def serve_dashboard(

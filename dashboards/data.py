@@ -87,11 +87,15 @@ class CampaignData:
         ]
 
     def ok_runs(self, phase: str | None = None) -> pd.DataFrame:
-        runs = self.runs[self.runs["status"].str.lower().isin(OK_STATUSES)]
-        runs = runs[runs["value"].map(lambda v: v is not None and math.isfinite(float(v)))]
+        # Boolean masks through `.loc`: an empty object-dtype mask given to `[]` would select
+        # columns (none), and a campaign without a finished run would lose its columns.
+        runs = self.runs
+        ok = runs["status"].str.lower().isin(OK_STATUSES) & runs["value"].map(
+            lambda v: v is not None and math.isfinite(float(v))
+        ).astype(bool)
         if phase is not None:
-            runs = runs[runs["phase"] == phase]
-        return runs
+            ok &= runs["phase"] == phase
+        return runs.loc[ok]
 
     @property
     def has_confirm(self) -> bool:

@@ -142,6 +142,9 @@ def render(doc: dict[str, Any], fmt: str) -> str:
     raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
+SUFFIXES = {"yaml": (".yaml", ".yml"), "json": (".json",)}
+
+
 def _format_for(output: Path | None, fmt: str | None) -> str:
     if fmt is not None:
         if fmt not in FORMATS:
@@ -186,17 +189,50 @@ def export_configs(
             stream.write("---\n".join(render(d, "yaml") for d in docs))
         return []
     ext = ".json" if fmt == "json" else ".yaml"
-    if out.is_dir() or not out.suffix:
-        out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() or (not out.suffix and not out.exists()):
+        _check_parent(out)
+        try:
+            out.mkdir(exist_ok=True)  # the directory itself, never missing parents
+        except OSError as exc:
+            raise ExportError(f"cannot create the directory {str(out)!r}: {_reason(exc)}") from None
         targets = [out / f"{_label(d)}{ext}" for d in docs]
-    elif len(docs) == 1:
-        targets = [out]
     else:
-        targets = [out.with_name(f"{out.stem}-{_label(d)}{out.suffix}") for d in docs]
+        _check_file(out, fmt)
+        if len(docs) == 1:
+            targets = [out]
+        else:
+            targets = [out.with_name(f"{out.stem}-{_label(d)}{out.suffix}") for d in docs]
     for doc, target in zip(docs, targets, strict=True):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(render(doc, fmt), encoding="utf-8")
+        try:
+            target.write_text(render(doc, fmt), encoding="utf-8")
+        except OSError as exc:
+            raise ExportError(f"cannot write {str(target)!r}: {_reason(exc)}") from None
     return targets
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _check_parent(path: Path) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise ExportError(
+            f"-o {str(path)!r}: the directory {str(parent)!r} does not exist (it is not created; "
+            f"make it first)"
+        )
+
+
+def _check_file(path: Path, fmt: str) -> None:
+    """A config file's suffix says its format to `load_optimizer`: it must be one it reads."""
+    allowed = SUFFIXES[fmt]
+    if path.suffix.lower() not in allowed:
+        raise ExportError(
+            f"-o {str(path)!r}: a {fmt.upper()} config file must end in "
+            f"{' or '.join(allowed)} (hvadam.load_optimizer reads the format from the suffix), "
+            f"or give a directory"
+        )
+    _check_parent(path)
 
 
 def _label(doc: dict[str, Any]) -> str:

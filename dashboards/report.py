@@ -311,7 +311,7 @@ def _trajectories(data: CampaignData, out: Path) -> Section:
     extras_seen: dict[str, Any] = {}
     for opt in data.optimizers:
         _, runs = data.best_runs(opt)
-        runs = runs[runs["extras"].map(lambda e: bool(e.get("trajectory")))]
+        runs = runs.loc[runs["extras"].map(lambda e: bool(e.get("trajectory"))).astype(bool)]
         if runs.empty:
             continue
         values = runs["value"].astype(float)

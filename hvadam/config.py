@@ -90,8 +90,12 @@ def _read(path: Path) -> Any:
             raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
     import yaml
 
+    from hvadam.yamlfile import DuplicateKeyError, load_yaml
+
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from hvadam.yamlfile import DuplicateKeyError, load_yaml
+
 __all__ = ["KINDS", "MISSING", "ParamSpec", "SpaceError", "read_yaml"]
 
 KINDS = ("float", "int", "categorical")
@@ -36,7 +38,7 @@ SPEC_KEYS = {
     "categorical": ("kind", "choices", "default", "when", "search_only", "description"),
 }
 # `betas.0` fills element 0 of the optimizer keyword `betas` (a tuple).
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[0-9]+)?$")
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[0-9]+)?\Z")
 _REL_TOL = 1e-9
 
 
@@ -65,44 +67,6 @@ MISSING: Any = _Missing()
 # YAML
 
 
-class _SpaceLoader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-5` as a float (YAML 1.2) and rejects duplicate keys."""
-
-
-# YAML 1.1 (PyYAML) reads `1e-5` as a string; search spaces are full of such numbers.
-_SpaceLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: Any, line: int) -> None:
-        self.key = key
-        self.line = line
-
-
-def _construct_mapping(loader: _SpaceLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise _DuplicateKey(key, key_node.start_mark.line + 1)
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_SpaceLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def read_yaml(path: Path, source: str) -> Any:
     """Parse a YAML file with the search-space loader; errors become `SpaceError`."""
     try:
@@ -110,8 +74,8 @@ def read_yaml(path: Path, source: str) -> Any:
     except OSError as exc:
         raise SpaceError(source, None, f"cannot read the file: {exc}") from exc
     try:
-        return yaml.load(text, Loader=_SpaceLoader)  # a SafeLoader subclass
-    except _DuplicateKey as exc:
+        return load_yaml(text)
+    except DuplicateKeyError as exc:
         raise SpaceError(
             source, str(exc.key), f"duplicate name (line {exc.line}): each name may appear once"
         ) from None

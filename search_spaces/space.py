@@ -31,7 +31,7 @@ from search_spaces.schema import (
 __all__ = ["SearchSpace", "available_spaces", "load_space"]
 
 _PACKAGE_DIR = "spaces"
-_OPTIMIZER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_OPTIMIZER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _RAY_CONDITIONAL_MODES = ("sample_from", "flatten")
 
 

@@ -3,7 +3,8 @@
 `dashboards` imports only this module and `studies.results` (pyproject's import-linter
 contract forbids the rest), so the modules behind these functions can change freely:
 
-- storage URLs: `resolve_storage_url`, `mask_url`;
+- storage URLs: `resolve_storage_url`, `mask_url`, `check_storage_exists` (read-only commands
+  refuse a SQLite file that does not exist instead of creating it);
 - a campaign's Optuna studies: `campaign_study_attrs` (their user attrs, by optimizer label),
   `campaign_studies` (the studies themselves, on one connection), `optuna_storage` (Optuna's
   storage on a campaign database, for writing studies beside the campaign's);
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "campaign_studies",
     "campaign_study_attrs",
+    "check_storage_exists",
     "function_2d",
     "mask_url",
     "optuna_storage",
@@ -44,6 +46,13 @@ def resolve_storage_url(storage: str | None = None) -> str:
     from studies import storage as _storage
 
     return _storage.resolve_storage_url(storage)
+
+
+def check_storage_exists(url: str) -> None:
+    """Refuse (StorageError) a SQLite URL whose file does not exist; other URLs pass."""
+    from studies import storage as _storage
+
+    _storage.check_storage_exists(url)
 
 
 def mask_url(url: str) -> str:

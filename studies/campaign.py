@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from studies.results import ResultsDB
-from studies.spec import CampaignSpec
+from studies.spec import CampaignSpec, check_space_values
 from studies.storage import CampaignLock, check_storage_url, connect_check, mask_url, optuna_storage
 
 __all__ = ["CampaignError", "campaign_complete", "prepare_campaign", "quiet_optuna"]
@@ -44,6 +44,8 @@ def prepare_campaign(spec: CampaignSpec, storage: str) -> dict[str, Any]:
     """
     quiet_optuna()
     spaces = spec.load_spaces()
+    for label, space in spaces.items():
+        check_space_values(spec.source, label, space)
     workload = spec.build_workload()
     check_storage_url(storage)
     connect_check(storage)
@@ -105,7 +107,7 @@ def campaign_complete(spec: CampaignSpec, storage: str) -> bool:
     """Whether every search trial and confirm run of the campaign has finished."""
     rdb = optuna_storage(storage, create_tables=False)
     db = ResultsDB(storage)
-    claims = {(c["optimizer"], c["slot"]): c for c in db.claims(spec.name, "confirm")}
+    claims = db.claims(spec.name, "confirm")
     try:
         for label in spec.labels:
             study = optuna.load_study(study_name=spec.study_name(label), storage=rdb)
@@ -118,10 +120,15 @@ def campaign_complete(spec: CampaignSpec, storage: str) -> bool:
             if used < spec.trials or running:
                 return False
             if has_complete:
-                for slot in range(spec.confirm_seeds):
-                    c = claims.get((label, slot))
-                    if c is None or c["status"] != "done":
-                        return False
+                done = sum(
+                    1
+                    for c in claims
+                    if c["optimizer"] == label
+                    and c["status"] == "done"
+                    and 0 <= c["slot"] < spec.confirm_seeds
+                )
+                if done < spec.confirm_seeds:
+                    return False
         return True
     finally:
         rdb.engine.dispose()

@@ -20,10 +20,13 @@ from typing import Any, NoReturn
 from studies.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
+    check_storage_identity,
     close_pooled_connections,
+    error_summary,
     mask_text,
     mask_url,
     resolve_storage_url,
+    storage_identity,
 )
 
 __all__ = ["main"]
@@ -38,13 +41,45 @@ class UsageError(ValueError):
 # ---- helpers -----------------------------------------------------------------------------------
 
 
-def _storage(args: argparse.Namespace) -> str:
-    from studies.storage import check_storage_url, connect_check
+def _storage(args: argparse.Namespace, *, read_only: bool = False) -> str:
+    """The storage URL, checked and connected to; `read_only` commands never create it."""
+    from studies.storage import check_storage_exists, check_storage_url, connect_check
 
     url = resolve_storage_url(args.storage)
     check_storage_url(url)
+    if read_only:
+        check_storage_exists(url)
     connect_check(url)
     return url
+
+
+def _check_run_flags(args: argparse.Namespace, spec: Any) -> None:
+    """Every run flag checked before the storage is opened or anything is written."""
+    from studies.ray_cli import check_backend_args
+    from studies.worker import check_device, check_run_settings
+
+    check_run_settings(
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+        threads=args.threads,
+        device=args.device,
+    )
+    local = getattr(args, "backend", "optuna") != "ray"
+    workers = getattr(args, "workers", None)
+    if workers is not None:
+        if local:
+            from studies.launch import check_workers
+
+            check_workers(workers)
+        elif workers < 1:
+            raise UsageError(f"--workers must be an integer >= 1, got {workers}")
+    if getattr(args, "worker_index", None) is not None and args.worker_index < 0:
+        raise UsageError(f"--worker-index must be >= 0, got {args.worker_index}")
+    if hasattr(args, "backend"):
+        check_backend_args(args)
+    if local:  # the Ray backend's trials run on the cluster's nodes, not here
+        what = "--device" if args.device else f"spec {spec.source}: device"
+        check_device(args.device or spec.device, what=what)
 
 
 def _runner_config(args: argparse.Namespace, url: str) -> Any:
@@ -91,12 +126,28 @@ def _std(std: float, mean: float) -> float:
     return std
 
 
+def _json_value(value: Any) -> Any:
+    """A frame cell as JSON: numbers at full precision (repr), NaN as null."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()  # NumPy scalars
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str, list, dict)):
+        return value
+    return str(value)
+
+
 def format_compare(frame: Any, fmt: str = "table") -> str:
     """The comparison frame as an aligned text table, CSV or JSON."""
     if fmt == "csv":
         return frame.to_csv(index=False).rstrip("\n")
     if fmt == "json":
-        return json.dumps(json.loads(frame.to_json(orient="records")), indent=2)
+        # Full precision (pandas' `to_json` keeps 10 digits: 3.2e-11 would become 0.0).
+        records = [
+            {key: _json_value(value) for key, value in rec.items()}
+            for rec in frame.to_dict(orient="records")
+        ]
+        return json.dumps(records, indent=2, allow_nan=False)
     if frame.empty:
         return "(no optimizers)"
     metric = frame["metric"].iloc[0]
@@ -145,19 +196,18 @@ def _load_spec(args: argparse.Namespace) -> Any:
 
 def _run(args: argparse.Namespace, spec: Any, url: str, *, workers: int, quiet: bool) -> None:
     from studies.progress import Poller, Progress, events_from_rows
+    from studies.ray_cli import backend_runner
     from studies.results import ResultsDB
     from studies.runner import prepare_campaign, run_campaign
 
+    run, backend = backend_runner(args, spec, run_campaign)  # --backend optuna|ray
     info = prepare_campaign(spec, url)
+    identity = storage_identity(url)  # the database file the campaign is in (SQLite)
     db = ResultsDB(url)
     progress = Progress(spec, metric=info["metric"], direction=info["direction"], quiet=quiet)
     progress.start(events_from_rows(db.finished_runs(spec.name)))
 
     poll = Poller(db, spec.name, progress)
-
-    from studies.ray_cli import backend_runner
-
-    run, backend = backend_runner(args, spec, run_campaign)  # --backend optuna|ray
     try:
         run(
             spec,
@@ -170,6 +220,7 @@ def _run(args: argparse.Namespace, spec: Any, url: str, *, workers: int, quiet: 
         )
     finally:
         progress.close()
+    check_storage_identity(url, identity)  # never a comparison read from a deleted file
     for hook in _plugins("hvadam.campaign_finished"):
         try:
             hook(url, spec.name)
@@ -198,6 +249,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from studies.results import compare_frame
 
     spec = _load_spec(args)
+    _check_run_flags(args, spec)
     url = _storage(args)
     if not args.quiet:
         print(
@@ -214,6 +266,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from studies.runner import Worker, prepare_campaign
 
     spec = _load_spec(args)
+    _check_run_flags(args, spec)
     url = _storage(args)
     info = prepare_campaign(spec, url)
     progress = Progress(spec, metric=info["metric"], direction=info["direction"], quiet=args.quiet)
@@ -229,7 +282,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from studies.results import ResultsDB
     from studies.status import campaign_status
 
-    url = _storage(args)
+    url = _storage(args, read_only=True)
     db = ResultsDB(url)
     if args.campaign is None:
         campaigns = db.campaigns()
@@ -290,7 +343,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from studies.results import ResultsDB, compare_frame
 
-    url = _storage(args)
+    url = _storage(args, read_only=True)
     if ResultsDB(url).campaign(args.campaign) is None:
         raise UsageError(f"no campaign {args.campaign!r} in {mask_url(url)}")
     print(format_compare(compare_frame(url, args.campaign), args.format))
@@ -353,7 +406,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
     from studies.results import compare_frame
+    from studies.spec import MAX_CONFIRM_SEEDS
+    from studies.worker import check_device, check_run_settings
 
+    if args.trials is not None and args.trials < 1:
+        raise UsageError(f"--trials must be an integer >= 1, got {args.trials}")
+    if args.seeds is not None and not 0 <= args.seeds <= MAX_CONFIRM_SEEDS:
+        raise UsageError(
+            f"--seeds must be an integer in [0, {MAX_CONFIRM_SEEDS}], got {args.seeds}"
+        )
+    if args.workers is not None:
+        from studies.launch import check_workers
+
+        check_workers(args.workers)
+    check_run_settings(
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+        threads=args.threads,
+        device=args.device,
+    )
+    if args.device:
+        check_device(args.device, what="--device")
     url = _storage(args)
     # HVAdam and Anon compile their update with torch.compile; for the demo's tiny CPU models
     # the compilation costs more than it saves (about half the demo's time), so the demo runs
@@ -494,7 +567,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         if not isinstance(exc, ValueError):
-            message = f"{type(exc).__name__}: {message}"
+            # An unexpected error: its first line and the root cause (a database error under
+            # Optuna's own, ...), never a traceback.
+            message = f"{type(exc).__name__}: {error_summary(exc)}"
         print(f"hvadam: error: {mask_text(message)}", file=sys.stderr)
         return 2
 

@@ -20,9 +20,28 @@ from dataclasses import replace
 from studies.campaign import CampaignError, campaign_complete, prepare_campaign
 from studies.spec import CampaignSpec
 from studies.storage import STORAGE_ENV, close_pooled_connections
-from studies.worker import Event, RunnerConfig, Worker
+from studies.worker import Event, RunnerConfig, Worker, check_device
 
-__all__ = ["run_campaign", "start_method", "worker_devices"]
+__all__ = ["check_workers", "max_workers", "run_campaign", "start_method", "worker_devices"]
+
+
+def max_workers() -> int:
+    """The most worker processes one `tune` starts on this machine: four per core (at least 8).
+
+    More only wait on each other for the cores and the database; more machines join a
+    campaign with `hvadam worker`.
+    """
+    return max(8, 4 * (os.cpu_count() or 1))
+
+
+def check_workers(workers: int) -> None:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise CampaignError(f"--workers must be an integer >= 1, got {workers!r}")
+    if workers > max_workers():
+        raise CampaignError(
+            f"--workers {workers} is more than this machine can run ({max_workers()}: four per "
+            f"core); start `hvadam worker` on other machines to add more"
+        )
 
 
 def worker_devices(spec: CampaignSpec, workers: int, device: str | None) -> list[dict[str, str]]:
@@ -135,8 +154,8 @@ def run_campaign(
     is called after this process's runs and while it waits (the progress display reads the
     other workers' runs from the database then).
     """
-    if workers < 1:
-        raise CampaignError(f"--workers must be >= 1, got {workers}")
+    check_workers(workers)
+    check_device(config.device or spec.device, what="--device" if config.device else "device")
     prepare_campaign(spec, config.storage)
     if workers == 1:
         Worker(spec, config, on_event=on_event).run()

@@ -31,17 +31,22 @@ from typing import Any
 
 import yaml
 
+from hvadam.yamlfile import DuplicateKeyError, load_yaml
 from studies.samplers import PRUNERS as _PRUNER_TABLE
 from studies.samplers import SAMPLERS as _SAMPLER_TABLE
 from studies.samplers import parse_pruner, parse_sampler
 
 __all__ = [
+    "MAX_CONFIRM_SEEDS",
+    "MAX_LABEL_LENGTH",
+    "MAX_NAME_LENGTH",
     "PRUNERS",
     "SAMPLERS",
     "CampaignSpec",
     "OptimizerEntry",
     "SpecError",
     "available_specs",
+    "check_space_values",
     "load_spec",
     "parse_spec",
     "spec_path",
@@ -69,8 +74,15 @@ TOP_KEYS = (
 REQUIRED = ("name", "workload", "optimizers", "budget")
 BUDGET_KEYS = ("trials", "max_epochs")
 CONFIRM_KEYS = ("seeds",)
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+# Matched whole (`fullmatch`: a `$` would let a final newline through).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d{1,4}|mps")
+# A study is named `<campaign>/<optimizer>` (Optuna's column holds 512 characters); the results
+# tables hold a campaign name in 255 and an optimizer label in 64.
+MAX_NAME_LENGTH = 255
+MAX_LABEL_LENGTH = 64
+# Confirm runs per optimizer: each is a full training run; a thousand is far beyond any use.
+MAX_CONFIRM_SEEDS = 1000
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -243,9 +255,98 @@ class CampaignSpec:
         return spaces
 
     def check(self) -> None:
-        """Everything that can be checked before a trial runs: spaces and workload options."""
-        self.load_spaces()
+        """Everything that can be checked before a trial runs: spaces (every value against the
+        optimizer's own validation) and workload options."""
+        for label, space in self.load_spaces().items():
+            check_space_values(self.source, label, space)
         self.build_workload()
+
+
+def check_space_values(source: str, label: str, space: Any) -> None:
+    """Build the optimizer with every value the space can hand it; `SpecError` on a refusal.
+
+    The optimizer's own validation decides (an unknown keyword, a negative or NaN learning
+    rate, a string for a number, a beta of 1.5): the defaults with each fixed value, then
+    every searched parameter at the ends of its range (each choice of a categorical one) with
+    the others at their defaults. What passes here cannot fail a trial for its config.
+    """
+    import hvadam
+
+    key = f"optimizers.{label}"
+    known = hvadam.optimizer_defaults(space.optimizer)
+    unknown = sorted(space.hyperparameter_names() - set(known))
+    if unknown:
+        raise SpecError(
+            f"spec {source}: {key}.{unknown[0]}: not a hyperparameter of {space.optimizer!r}; "
+            f"it accepts: {', '.join(known)}"
+        )
+
+    def build(**hyperparameters: Any) -> None:
+        # Over no parameters: an optimizer checks its hyperparameters before torch's
+        # `Optimizer.__init__` refuses the empty list, which it does before importing
+        # torch._dynamo (seconds) to add a param group. That refusal means "accepted".
+        try:
+            hvadam.create_optimizer(space.optimizer, [], **hyperparameters)
+        except ValueError as exc:
+            if "empty parameter list" not in str(exc):
+                raise
+
+    def refusal(params: dict[str, Any]) -> str | None:
+        try:
+            build(
+                **space.to_hyperparameters(
+                    {name: params[name] for name in space.active(params) if name in params}
+                )
+            )
+        except (ValueError, TypeError, RuntimeError) as exc:
+            return " ".join(str(exc).split()) or type(exc).__name__
+        return None
+
+    defaults = space.default_params()
+    problem = refusal(defaults)
+    if problem is not None:
+        # Name the fixed value at fault when one alone is refused.
+        culprit = ""
+        alone = [(name, value, "") for name, value in space.fixed.items()] + [
+            (name, value, " (its default)")
+            for name, value in defaults.items()
+            if not space.params[name].search_only
+        ]
+        for name, value, what in alone:
+            if "." in name:
+                continue
+            try:
+                build(**{name: value})
+            except (ValueError, TypeError, RuntimeError):
+                culprit = f".{name}"
+                problem = f"{value!r}{what} is refused by {space.optimizer!r}: {problem}"
+                break
+        raise SpecError(f"spec {source}: {key}{culprit}: {problem}")
+    for name, p in space.params.items():
+        values = p.choices if p.choices is not None else (p.low, p.high)
+        for value in values:
+            if value is None:
+                continue
+            trial = dict(defaults)
+            # Switch the parameter on (its conditions' first values), then any parameter the
+            # new values switch on takes its default, or a value of its range.
+            for switch, allowed in p.when.items():
+                trial[switch] = allowed[0]
+            trial[name] = value
+            for other in space.active(trial):
+                if other not in trial:
+                    spec_ = space.params[other]
+                    trial[other] = (
+                        spec_.default
+                        if spec_.has_default
+                        else (spec_.choices[0] if spec_.choices is not None else spec_.low)
+                    )
+            problem = refusal(trial)
+            if problem is not None:
+                raise SpecError(
+                    f"spec {source}: {key}.{name}: {value!r} (an end of its range) is refused "
+                    f"by {space.optimizer!r}: {problem}"
+                )
 
 
 def _expand(spec: CampaignSpec, key: str, value: Any) -> Any:
@@ -301,9 +402,13 @@ def load_spec(name_or_path: str | os.PathLike[str], *, check: bool = True) -> Ca
     """
     path = spec_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as exc:
+        raise SpecError(f"spec {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"spec {path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"spec {path}: cannot read the file: {exc}") from None
     spec = parse_spec(data, source=str(path), base_dir=path.parent)
     if check:
         spec.check()
@@ -334,11 +439,13 @@ def parse_spec(
         raise fail(", ".join(missing), "missing (required: " + ", ".join(REQUIRED) + ")")
 
     name = data["name"]
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise fail(
             "name",
             f"must be a string of letters, digits, '.', '_' or '-' (no '/'), got {name!r}",
         )
+    if len(name) > MAX_NAME_LENGTH:
+        raise fail("name", f"must be at most {MAX_NAME_LENGTH} characters, got {len(name)}")
     description = data.get("description", "")
     if not isinstance(description, str):
         raise fail("description", f"must be a string, got {description!r}")
@@ -369,14 +476,16 @@ def parse_spec(
     if extra:
         raise fail(f"confirm.{extra[0]}", f"unknown key; allowed: {', '.join(CONFIRM_KEYS)}")
     seeds = confirm.get("seeds", 3)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
-        raise fail("confirm.seeds", f"must be an integer >= 0, got {seeds!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 0 <= seeds <= MAX_CONFIRM_SEEDS:
+        raise fail(
+            "confirm.seeds", f"must be an integer in [0, {MAX_CONFIRM_SEEDS}], got {seeds!r}"
+        )
 
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
         raise fail("seed", f"must be an integer in [0, 2**31), got {seed!r}")
     device = data.get("device", "auto")
-    if not isinstance(device, str) or not DEVICE_RE.match(device):
+    if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
         raise fail("device", f"must be one of auto, cpu, cuda, cuda:N, mps; got {device!r}")
 
     from studies.execution import parse_execution
@@ -475,8 +584,10 @@ def _parse_optimizers(
     entries = []
     for label, body in value.items():
         key = f"optimizers.{label}"
-        if not isinstance(label, str) or not NAME_RE.match(label):
+        if not isinstance(label, str) or not NAME_RE.fullmatch(label):
             raise fail(key, "an optimizer label must be letters, digits, '.', '_' or '-'")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise fail(key, f"an optimizer label must be at most {MAX_LABEL_LENGTH} characters")
         body = {} if body is None else body
         if not isinstance(body, Mapping):
             raise fail(key, f"must be a mapping of search-space overrides, got {body!r}")

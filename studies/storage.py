@@ -31,13 +31,18 @@ __all__ = [
     "STORAGE_ENV",
     "CampaignLock",
     "StorageError",
+    "check_storage_exists",
+    "check_storage_identity",
     "check_storage_url",
     "close_pooled_connections",
+    "error_summary",
     "get_engine",
     "mask_text",
     "mask_url",
     "optuna_storage",
     "resolve_storage_url",
+    "root_cause",
+    "storage_identity",
     "with_retries",
 ]
 
@@ -67,39 +72,71 @@ def resolve_storage_url(storage: str | None = None) -> str:
     return os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
+# Query keys that carry a secret (`?password=...`, `?sslpassword=...`, `?api_token=...`).
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|credential|auth|key", re.IGNORECASE)
+# `scheme://user:password@`: the password runs to the last `@` before the host (a password may
+# hold an unencoded `@`), never across `/`, `?`, `#` or white space.
 _PASSWORD_IN_URL = re.compile(
-    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?=@)"
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^\s/?#]+)(?=@)"
 )
+# `password=...` anywhere (URL queries, libpq conninfo strings quoted in driver errors).
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?P<head>\b[A-Za-z_]*(?:pass|pwd|secret|token|credential)[A-Za-z_]*\s*=\s*)"
+    r"(?P<value>'[^']*'|\"[^\"]*\"|[^\s&;,'\")]+)",
+    re.IGNORECASE,
+)
+UNPARSEABLE = "<a storage URL that could not be parsed>"
 
 
 def mask_url(url: str | URL) -> str:
-    """The URL with its password replaced by `***` (safe to print, log or store)."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return mask_text(str(url))
-    if parsed.password is None:
-        return str(url)
-    return parsed.render_as_string(hide_password=True)
+    """The URL with its password and any secret in its query replaced by `***`.
+
+    Safe to print, log or store. The URL is parsed (never pattern-matched only): one that
+    cannot be parsed is not shown at all, since no one can tell which part of it is secret.
+    """
+    if not isinstance(url, URL):
+        try:
+            url = make_url(str(url))
+        except Exception:
+            return UNPARSEABLE
+    changes: dict[str, Any] = {}
+    if url.host and "@" in url.host:
+        # `user:pa@ss@host`: SQLAlchemy splits at the first `@`; the rest of the password
+        # would show as part of the host.
+        changes.update(password="***", host=url.host.rsplit("@", 1)[1])
+    query = {key: ("***" if _SECRET_KEY.search(key) else value) for key, value in url.query.items()}
+    if query != dict(url.query):
+        changes["query"] = query
+    if changes:
+        url = url.set(**changes)
+    # Query values are percent-encoded when rendered; the mask reads better as it is.
+    return url.render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
 
 
 def mask_text(text: str) -> str:
-    """Every `scheme://user:password@` in free text with the password replaced by `***`."""
-    return _PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***", text)
+    """Free text with every URL password (`scheme://user:password@`) and every secret
+    assignment (`password=...`, `?token=...`) replaced by `***`."""
+    text = _PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***", text)
+    return _SECRET_ASSIGNMENT.sub(lambda m: m.group("head") + "***", text)
 
 
 def check_storage_url(url: str) -> URL:
     """Parse and check a storage URL without connecting; raise `StorageError` naming it."""
-    masked = mask_url(url)
     try:
         parsed = make_url(url)
-    except Exception as exc:
+    except Exception:
+        # Not shown: which part of an unparseable URL is a password cannot be told.
         raise StorageError(
-            f"storage URL {masked!r} is not a database URL ({_first_line(exc)}); "
-            f"accepted forms: {ACCEPTED_FORMS}"
+            "the storage URL is not a database URL: it could not be parsed (it is not shown, since it "
+            "may hold a password; a password with '@', '/', ':' or '?' must be percent-encoded, "
+            f"e.g. '@' as %40); accepted forms: {ACCEPTED_FORMS}"
         ) from None
+    masked = mask_url(parsed)
+    if parsed.host and "@" in parsed.host:
+        raise StorageError(
+            f"storage URL {masked!r}: the part before the host holds more than one '@'; "
+            f"percent-encode an '@' in the user name or password as %40"
+        )
     try:
         parsed.get_dialect()
     except Exception as exc:
@@ -122,9 +159,93 @@ def check_storage_url(url: str) -> URL:
     return parsed
 
 
+def check_storage_exists(url: str) -> None:
+    """For commands that only read: refuse a SQLite file that does not exist.
+
+    Opening a SQLite URL creates the file; a mistyped path must not leave an empty database
+    behind (nor report "no campaigns" as if the database were real).
+    """
+    parsed = check_storage_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return
+    path = Path(parsed.database or "").expanduser()
+    if not path.is_file():
+        raise StorageError(
+            f"storage {mask_url(parsed)!r}: the database file {str(path)!r} does not exist "
+            f"(nothing was created); check the path, or start a campaign there with `hvadam tune`"
+        )
+
+
+def storage_identity(url: str) -> tuple[int, int] | None:
+    """Which database file a SQLite URL names now (device and inode); None for a server.
+
+    SQLite keeps writing to a file that was deleted (through the connections open on it), and
+    the next connection creates a new, empty one at the same path: a campaign that only checked
+    for errors would finish "successfully" into nothing. Comparing this identity over a run
+    tells a deleted or replaced file.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    try:
+        st = Path(parsed.database or "").expanduser().stat()
+    except OSError:
+        return (-1, -1)
+    return (st.st_dev, st.st_ino)
+
+
+def check_storage_identity(url: str, identity: tuple[int, int] | None) -> None:
+    """Raise `StorageError` when the SQLite file under a campaign was deleted or replaced."""
+    if identity is None:
+        return
+    now = storage_identity(url)
+    if now == identity:
+        return
+    path = make_url(url).database
+    what = "deleted" if now == (-1, -1) else "replaced by another file"
+    raise StorageError(
+        f"the database file {path!r} was {what} while the campaign ran: the results written "
+        f"since went with the old file; restore it from a copy, or run the campaign again"
+    )
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of `exc`'s cause/context chain (the one that started it all).
+
+    Optuna and SQLAlchemy wrap a database failure ("database disk image is malformed") in
+    errors of their own whose message says little; the root says what happened.
+    """
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line for an error: its own first line and, when they differ, its root cause's."""
+    own = _first_line(exc)
+    root = root_cause(exc)
+    if root is exc:
+        return own
+    cause = _first_line(root)
+    if type(root).__module__.split(".")[0] in _DRIVERS:
+        # The database driver's own error is the one that says what happened; the layers
+        # above it (Optuna's "An exception is raised during the commit ...") only mislead.
+        return f"{type(root).__name__}: {cause}"
+    if cause in own:
+        return own
+    return f"{own} (cause: {type(root).__name__}: {cause})"
+
+
+_DRIVERS = ("sqlite3", "psycopg", "psycopg2", "pymysql", "MySQLdb", "asyncpg")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return mask_text(text[0]) if text else type(exc).__name__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return mask_text(lines[0]) if lines else type(exc).__name__
 
 
 def is_sqlite(url: str) -> bool:
@@ -234,7 +355,7 @@ def connect_check(url: str) -> None:
         raise
     except Exception as exc:
         raise StorageError(
-            f"cannot connect to storage {mask_url(url)!r}: {_first_line(exc)}"
+            f"cannot connect to storage {mask_url(url)!r}: {error_summary(exc)}"
         ) from None
 
 
@@ -271,7 +392,7 @@ def optuna_storage(
     except StorageError:
         raise
     except Exception as exc:
-        raise StorageError(f"cannot open storage {mask_url(url)!r}: {_first_line(exc)}") from None
+        raise StorageError(f"cannot open storage {mask_url(url)!r}: {error_summary(exc)}") from None
     _SCHEMA_CHECKED.add((url, os.getpid()))
     if is_sqlite(url):
         configure_sqlite_engine(storage.engine)

@@ -22,9 +22,10 @@ import functools
 import math
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -38,15 +39,87 @@ from studies.results import ResultsDB
 from studies.samplers import make_pruner, make_sampler
 from studies.seeds import confirm_seed, sampler_seed, search_seed
 from studies.spec import CampaignSpec
-from studies.storage import CampaignLock, mask_url, optuna_storage, with_retries
+from studies.storage import (
+    CampaignLock,
+    check_storage_identity,
+    mask_url,
+    optuna_storage,
+    storage_identity,
+    with_retries,
+)
 from studies.trial import Outcome, TrialFailed, record, run_trial, start_run, trial_user_attrs
 
 if TYPE_CHECKING:
     from studies.workloads import EpochReport
 
-__all__ = ["MAX_RETRY", "Counts", "Event", "RunnerConfig", "Worker", "resolve_device"]
+
+__all__ = [
+    "MAX_RETRY",
+    "Counts",
+    "Event",
+    "RunnerConfig",
+    "Worker",
+    "check_device",
+    "check_run_settings",
+    "resolve_device",
+]
 
 MAX_RETRY = 3
+
+
+def check_run_settings(
+    *,
+    heartbeat_interval: int,
+    grace_period: int,
+    threads: int | None = None,
+    device: str | None = None,
+) -> None:
+    """Refuse settings no worker can run with; the message names the command-line flag.
+
+    A grace period of at most two heartbeat intervals would let a worker declare a live
+    neighbour lost between two of its heartbeats, and the two would take a run from each other
+    forever: the grace period must exceed twice the interval.
+    """
+    from studies.spec import DEVICE_RE
+
+    for flag, value in (
+        ("--heartbeat-interval", heartbeat_interval),
+        ("--grace-period", grace_period),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CampaignError(f"{flag} must be a whole number of seconds >= 1, got {value!r}")
+    if grace_period <= 2 * heartbeat_interval:
+        raise CampaignError(
+            f"--grace-period {grace_period} must be more than twice --heartbeat-interval "
+            f"{heartbeat_interval} (a live worker would otherwise be taken for a lost one); "
+            f"use --grace-period {2 * heartbeat_interval + 1} or more"
+        )
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise CampaignError(f"--threads must be an integer >= 1, got {threads!r}")
+    if device is not None and (not isinstance(device, str) or not DEVICE_RE.fullmatch(device)):
+        raise CampaignError(f"--device must be one of auto, cpu, cuda, cuda:N, mps; got {device!r}")
+
+
+def check_device(device: str, *, what: str = "device") -> None:
+    """Refuse a device this machine does not have (`cuda` without CUDA, `cuda:3` of two GPUs)."""
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CampaignError(
+                f"{what} {device!r}: CUDA is not available on this machine; use cpu or auto"
+            )
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise CampaignError(
+                f"{what} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise CampaignError(f"{what} 'mps': MPS is not available on this machine; use cpu or auto")
 
 
 @dataclass
@@ -61,6 +134,14 @@ class RunnerConfig:
     threads: int | None = None  # torch threads per worker (CPU)
     worker_index: int | None = None
     poll_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_run_settings(
+            heartbeat_interval=self.heartbeat_interval,
+            grace_period=self.grace_period,
+            threads=self.threads,
+            device=self.device,
+        )
 
 
 @dataclass
@@ -141,6 +222,8 @@ class Worker:
                 )
             self.studies[label] = study
             self._study_label[name] = label
+        self._storage_identity = storage_identity(cfg.storage)
+        self._said_waiting: list[str] = []
         self._retry = RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry)
         self._round = 0
         self._last_stale_check = 0.0
@@ -164,24 +247,60 @@ class Worker:
 
     def run(self) -> list[Event]:
         """Work until the whole campaign (every optimizer's search and confirm) is done."""
-        previous = signal.getsignal(signal.SIGTERM)
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.getsignal(sig) for sig in stops}
         in_main = threading.current_thread() is threading.main_thread()
         if in_main:
-            signal.signal(signal.SIGTERM, _raise_interrupted)
+            for sig in stops:
+                signal.signal(sig, _raise_interrupted)
         try:
             while True:
+                check_storage_identity(self.config.storage, self._storage_identity)
                 if self._search_step():
                     continue
                 if self.confirm_step():
                     continue
                 if self._all_done():
+                    check_storage_identity(self.config.storage, self._storage_identity)
                     return self._events
+                self._say_what_it_waits_for()
                 if self.on_idle is not None:
                     self.on_idle()
                 time.sleep(self.config.poll_interval)
         finally:
             if in_main:
-                signal.signal(signal.SIGTERM, previous)
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    def waiting_for(self) -> list[str]:
+        """The runs other workers hold that this one waits for ("adam trial #3", ...)."""
+        held = []
+        for label in self.labels:
+            for t in self.studies[label].get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                held.append(f"{label} trial #{t.number}")
+        for c in self.db.claims(self.spec.name, "confirm"):
+            if c["status"] == "running":
+                held.append(f"{c['optimizer']} confirm seed slot {c['slot']}")
+        return held
+
+    def _say_what_it_waits_for(self) -> None:
+        """One line when the set of runs this idle worker waits for changes (never silence).
+
+        After a worker was killed its runs stay RUNNING until no heartbeat came for the grace
+        period; the next `tune` would otherwise wait that long without a word.
+        """
+        held = self.waiting_for()
+        if not held or held == self._said_waiting:
+            return
+        self._said_waiting = held
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        print(
+            f"[{self.spec.name}] waiting for {len(held)} run(s) held by other workers: {shown}; "
+            f"a run whose worker is gone is taken over once it has had no heartbeat for "
+            f"{self.config.grace_period}s (--grace-period)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)
@@ -247,11 +366,14 @@ class Worker:
     def _run_search_trial(self, label: str, lock: CampaignLock) -> None:
         study = self.studies[label]
         space = self.spaces[label]
-        notes: dict[str, Any] = {}
+        # Under the campaign lock no other worker creates a trial: a trial that is new after
+        # an interrupted `optimize` is this worker's, even when the interrupt came before the
+        # objective learned its number.
+        notes: dict[str, Any] = {"known": {t.number for t in study.get_trials(deepcopy=False)}}
 
         def objective(trial: optuna.Trial) -> float:
-            lock.release()  # the trial exists now: other workers may count and ask
             notes["number"] = trial.number
+            lock.release()  # the trial exists now: other workers may count and ask
             return self._search_objective(label, space, trial, notes)
 
         try:
@@ -381,13 +503,16 @@ class Worker:
 
     def _requeue_interrupted(self, label: str, notes: dict[str, Any]) -> None:
         """An interrupted trial is not finished: queue it again so a resumed campaign reruns it."""
-        number = notes.get("number")
-        if number is None:
-            return
         study = self.studies[label]
+        number = notes.get("number")
         for t in study.get_trials(deepcopy=False):
-            if t.number == number and t.state == TrialState.FAIL:
-                self.retry_trial(study, t)
+            mine = t.number == number if number is not None else t.number not in notes["known"]
+            if not mine or t.state not in (TrialState.RUNNING, TrialState.FAIL):
+                continue
+            if t.state == TrialState.RUNNING:  # interrupted before Optuna could end it
+                self.rdb.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                t = self.rdb.get_trial(t._trial_id)
+            self.retry_trial(study, t)
         run_id = notes.get("run_id")
         if run_id is not None:
             self.db.fail_run_if_running(run_id, "interrupted; the trial is queued again")
@@ -406,19 +531,17 @@ class Worker:
         seeds = self.spec.confirm_seeds
         if seeds == 0:
             return False
-        claims = {(c["optimizer"], c["slot"]): c for c in self.db.claims(self.spec.name, "confirm")}
+        claims = self.db.claims(self.spec.name, "confirm")
         now = time.time()
         k = len(self.labels)
         for j in range(k):
             label = self.labels[(j + self.index) % k]
-            open_slots = []
-            for slot in range(seeds):
-                c = claims.get((label, slot))
-                if c is None or (
-                    c["status"] == "running" and now - c["heartbeat_at"] > self.config.grace_period
-                ):
-                    open_slots.append(slot)
-            if not open_slots:
+            open_slots = _open_slots(
+                [c for c in claims if c["optimizer"] == label],
+                seeds,
+                lambda c: now - c["heartbeat_at"] > self.config.grace_period,
+            )
+            if open_slots is None:
                 continue
             if not self.counts(label).search_finished(self.spec.trials):
                 continue
@@ -478,20 +601,62 @@ class Worker:
                 return False
         if self.spec.confirm_seeds == 0:
             return True
-        claims = {(c["optimizer"], c["slot"]): c for c in self.db.claims(self.spec.name, "confirm")}
+        claims = self.db.claims(self.spec.name, "confirm")
         for label in self.labels:
             if self._best_trial(label) is None:
                 continue  # nothing to confirm
-            for slot in range(self.spec.confirm_seeds):
-                c = claims.get((label, slot))
-                if c is None or c["status"] != "done":
-                    return False
+            if confirmed(claims, label, self.spec.confirm_seeds) < self.spec.confirm_seeds:
+                return False
         return True
 
 
+def confirmed(claims: list[dict[str, Any]], label: str, seeds: int) -> int:
+    """How many of `label`'s confirm slots 0..seeds-1 are done (one pass over the claims)."""
+    return sum(
+        1
+        for c in claims
+        if c["optimizer"] == label and c["status"] == "done" and 0 <= c["slot"] < seeds
+    )
+
+
+def _open_slots(
+    claims: list[dict[str, Any]], seeds: int, stale: Callable[[dict[str, Any]], bool]
+) -> Iterator[int] | None:
+    """The slots a worker may claim, stale ones first; None when there is none.
+
+    Works from the claims that exist (never a pass over all `seeds` slots): the stale running
+    ones, then the free slots in order, produced lazily as the worker tries them.
+    """
+    taken = {c["slot"] for c in claims}
+    retake = sorted(c["slot"] for c in claims if c["status"] == "running" and stale(c))
+    if not retake and len([s for s in taken if 0 <= s < seeds]) >= seeds:
+        return None
+
+    def free() -> Iterator[int]:
+        yield from retake
+        slot = 0
+        while slot < seeds:
+            if slot not in taken:
+                yield slot
+            slot += 1
+
+    return free()
+
+
 def _raise_interrupted(signum: int, frame: Any) -> None:
-    # SIGTERM (a scheduler stopping the job) leaves the work resumable, like Ctrl-C.
+    # Ctrl-C and SIGTERM (a scheduler stopping the job) stop the worker the same way, leaving
+    # the work resumable. Further signals are ignored while it puts its trial back (Ctrl-C
+    # reaches every process of the group, and the command then stops its forked workers with
+    # SIGTERM): a second interrupt in the middle would leave the trial RUNNING.
+    # (A Python no-op, not SIG_IGN: a signal already pending when the handler changes would
+    # otherwise be reported as "ignored due to race condition".)
+    signal.signal(signal.SIGINT, _ignore)
+    signal.signal(signal.SIGTERM, _ignore)
     raise KeyboardInterrupt
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    pass
 
 
 def resolve_device(device: str) -> str:

@@ -94,7 +94,10 @@ def test_errors_are_one_clean_line_with_exit_status_2(tmp_path, capsys):
     cases = [
         (["tune", str(bad), "--storage", f"sqlite:///{tmp_path}/x.db"], "sampler: unknown sampler"),
         (["tune", "no-such-spec"], "no campaign spec 'no-such-spec'"),
-        (["compare", "nope", "--storage", f"sqlite:///{tmp_path}/x.db"], "no campaign 'nope'"),
+        (
+            ["compare", "nope", "--storage", f"sqlite:///{tmp_path}/x.db"],
+            "x.db' does not exist (nothing was created)",
+        ),
         (["status", "--storage", "bogus://u:hunter2@h/db"], "no database driver"),
     ]
     for args, needle in cases:

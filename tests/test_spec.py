@@ -111,7 +111,7 @@ def test_workload_options_may_be_given_flat_or_nested():
             "sampler: unknown sampler 'bayes'; allowed: tpe, random, cmaes, gp, grid",
         ),
         ({"pruner": "asha"}, "pruner: unknown pruner 'asha'; allowed: hyperband, median, none"),
-        ({"confirm": {"seeds": -1}}, "confirm.seeds: must be an integer >= 0"),
+        ({"confirm": {"seeds": -1}}, "confirm.seeds: must be an integer in [0, 1000]"),
         ({"confirm": {"runs": 3}}, "confirm.runs: unknown key; allowed: seeds"),
         ({"seed": "zero"}, "seed: must be an integer in [0, 2**31)"),
         ({"device": "tpu"}, "device: must be one of auto, cpu, cuda, cuda:N, mps"),

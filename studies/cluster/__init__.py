@@ -32,8 +32,8 @@ __all__ = [
 ]
 
 _PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
-_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
-_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}\Z")
+_NAME = re.compile(r"^[A-Za-z0-9._-]+\Z")
 
 
 class ClusterError(ValueError):

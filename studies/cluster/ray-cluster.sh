@@ -13,11 +13,19 @@
 # For Population Based Training across nodes, export HVADAM_RAY_STORAGE=/a/shared/directory.
 set -euo pipefail
 
-export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
+# Ray's token authentication is on (a Ray cluster runs whatever code a client sends it): every
+# node and the driver need the same token, in ~/.ray/auth_token (made on the head with
+# `ray get-auth-token --generate` when missing; copy it to nodes without a shared home), or in
+# RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH. Setting RAY_AUTH_MODE=disabled turns it off, which is
+# safe only on a network no one else can reach.
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 PORT="${HVADAM_RAY_PORT:-6379}"
 
 case "${1:-}" in
     head)
+        if [[ "${RAY_AUTH_MODE}" == "token" && -z "${RAY_AUTH_TOKEN:-}${RAY_AUTH_TOKEN_PATH:-}" ]]; then
+            ray get-auth-token --generate >/dev/null
+        fi
         ray start --head --port="${PORT}" --include-dashboard=false
         ;;
     worker)

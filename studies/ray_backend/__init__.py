@@ -26,7 +26,8 @@ backend, in the same storage:
 
 Without an address a local Ray is started for the command (sized to the machine) and shut
 down after; with one, the command joins a running cluster. Ray is set up as the project needs:
-`RAY_AUTH_MODE=disabled` (unless set), its own temporary directory, no change of working
+a local Ray bound to 127.0.0.1 (`RAY_AUTH_MODE=disabled` unless set; a cluster keeps its
+token authentication), its own temporary directory, no change of working
 directory per trial (`RAY_CHDIR_TO_TRIAL_DIR=0`), and torch threads per trial equal to its CPUs.
 The storage URL reaches the trials as a Python argument (never in a trial config, which Ray
 prints and stores); Ray's experiment directory, which holds pickled state, is a temporary

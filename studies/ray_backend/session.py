@@ -18,6 +18,7 @@ __all__ = [
     "PHASE_KEY",
     "RAY_DEFAULT_ENV",
     "RAY_ENV",
+    "RAY_LOCAL_ENV",
     "RAY_STORAGE_ENV",
     "STATE_FILE",
     "RayError",
@@ -33,7 +34,12 @@ RAY_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
-RAY_DEFAULT_ENV = {"RAY_AUTH_MODE": "disabled"}
+# A local Ray (no address): only this machine's processes talk to it. It listens on the loopback
+# interface only (Ray's switch for a one-machine Ray, off by default on Linux, where Ray binds
+# every interface), so no token is needed. A cluster is set up by its own scripts
+# (studies/cluster), with Ray's token authentication on.
+RAY_LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+RAY_DEFAULT_ENV = {"RAY_AUTH_MODE": "disabled", **RAY_LOCAL_ENV}
 # Where Ray Tune keeps experiment state; a shared directory is needed for PBT on many nodes.
 RAY_STORAGE_ENV = "HVADAM_RAY_STORAGE"
 
@@ -48,9 +54,16 @@ class RayError(CampaignError):
     """Ray cannot be started or joined, or a Ray run cannot go on."""
 
 
-def set_ray_env() -> None:
-    for key, value in RAY_DEFAULT_ENV.items():
-        os.environ.setdefault(key, value)
+def set_ray_env(*, local: bool = True) -> None:
+    """Set what the project needs from Ray in this process's environment (before `import ray`).
+
+    `local`: a Ray started here for one command, bound to the loopback interface; a joined
+    cluster keeps its own authentication settings.
+    """
+    if local:
+        for key, value in RAY_DEFAULT_ENV.items():
+            os.environ.setdefault(key, value)
+        os.environ.update(RAY_LOCAL_ENV)
     os.environ.update(RAY_ENV)
     # Ctrl-C interrupts the command (trials left running are failed and retried by the next
     # run), instead of Tune's graceful stop, which would go on to the confirm phase.
@@ -64,6 +77,25 @@ def set_ray_env() -> None:
 
 
 @contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Start Ray's processes bound to 127.0.0.1 (see `RAY_LOCAL_ENV`).
+
+    Ray reads its switch when `ray` is first imported, which may have happened before
+    `set_ray_env` (importing this package imports Ray); its module constant is set for the
+    start too. The processes Ray starts read the environment variable.
+    """
+    from ray._private import ray_constants
+
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if before is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+@contextlib.contextmanager
 def ray_session(
     *, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None
 ) -> Iterator[dict[str, float]]:
@@ -72,7 +104,7 @@ def ray_session(
     A Ray already initialised in this process (a test's) is used as it is and left running.
     Yields the cluster's resources (`CPU`, `GPU`, ...).
     """
-    set_ray_env()
+    set_ray_env(local=not address)
     import ray
 
     if ray.is_initialized():
@@ -84,7 +116,7 @@ def ray_session(
         log_to_driver=False,
         configure_logging=True,
         logging_level="ERROR",
-        runtime_env={"env_vars": {**RAY_DEFAULT_ENV, **RAY_ENV}},
+        runtime_env={"env_vars": {**(RAY_DEFAULT_ENV if not address else {}), **RAY_ENV}},
     )
     try:
         if address:
@@ -94,7 +126,8 @@ def ray_session(
             temp_dir = tempfile.mkdtemp(
                 prefix="hvray-", dir="/tmp" if os.path.isdir("/tmp") else None
             )
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, **kwargs)
+            with _loopback_only():
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, _temp_dir=temp_dir, **kwargs)
     except Exception as exc:
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)

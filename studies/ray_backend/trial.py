@@ -29,7 +29,36 @@ from studies.worker import RunnerConfig, Worker
 if TYPE_CHECKING:
     from studies.workloads import EpochReport
 
-__all__ = ["RayTrialWorker", "confirm_task", "trainable"]
+
+__all__ = ["RayTrialWorker", "confirm_task", "load_checkpoint", "save_checkpoint", "trainable"]
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a PBT checkpoint: trial number, run id, epoch and the workload's state."""
+    import torch
+
+    torch.save(state, Path(path))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a PBT checkpoint without running code from it.
+
+    Checkpoints live in a directory other machines write (PBT on a cluster shares it), so they
+    are read with `weights_only=True`: tensors, numbers, strings and containers of them, which
+    is all a checkpoint holds. A file that asks to import or call anything is refused.
+    """
+    import torch
+
+    try:
+        saved = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise RayError(f"PBT checkpoint {str(path)!r} refused: {first.strip()}") from None
+    if not isinstance(saved, dict) or not {"trial_number", "run_id", "epoch", "state"} <= set(
+        saved
+    ):
+        raise RayError(f"PBT checkpoint {str(path)!r} is not one this project wrote")
+    return saved
 
 
 class RayTrialWorker(Worker):
@@ -54,14 +83,13 @@ class RayTrialWorker(Worker):
         self, frozen: optuna.trial.FrozenTrial, lineage: list[dict[str, int]]
     ) -> tuple[int | None, Any]:
         """A checkpoint to resume from: (the run id if it is this trial's own, the state)."""
-        import torch
         from ray import tune
 
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return None, None
         with checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
+            saved = load_checkpoint(Path(folder) / STATE_FILE)
         if saved["trial_number"] == frozen.number:
             return saved["run_id"], saved["state"]  # the same trial resumed (paused, then run)
         # PBT exploit: this trial continues from another trial's state, with new params.
@@ -83,7 +111,6 @@ class RayTrialWorker(Worker):
 
     def run_ray_trial(self, label: str, config: dict[str, Any], execution: Execution) -> None:
         """One search trial: the config Ray's searcher chose, reported epoch by epoch."""
-        import torch
         from ray import tune
 
         frozen = self._own_trial(label, tune.get_context().get_trial_id())
@@ -121,7 +148,7 @@ class RayTrialWorker(Worker):
                         "epoch": rep.epoch,
                         "state": rep.state(),
                     }
-                    torch.save(state, Path(folder) / STATE_FILE)
+                    save_checkpoint(Path(folder) / STATE_FILE, state)
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
             else:
                 tune.report(metrics)

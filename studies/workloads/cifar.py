@@ -96,6 +96,41 @@ def check_data_dir(data_dir: str | os.PathLike[str], dataset: str) -> Path:
     return root
 
 
+# What CIFAR's pickled batches hold: dicts, lists, strings, bytes and NumPy arrays. Nothing
+# else may be named in them (a pickle can name any function, and loading it calls it).
+_DATA_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _DATA_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"{module}.{name} is not allowed in a data file (only arrays, lists, dicts, "
+                f"strings and numbers)"
+            )
+        return super().find_class(module, name)
+
+
+def load_data_pickle(path: str | os.PathLike[str]) -> Any:
+    """A CIFAR batch or meta file, read without running code from it.
+
+    Data directories are often shared (a cluster's scratch space): an unchecked pickle there
+    would run whatever its writer put in it. `DataNotFoundError` names a file that asks for more.
+    """
+    with open(path, "rb") as fh:
+        try:
+            return _DataUnpickler(fh, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            raise DataNotFoundError(f"{path}: not a CIFAR data file: {exc}") from None
+
+
 def torchvision_dataset(dataset: str, *, verify_checksums: bool = False) -> type:
     """torchvision's CIFAR10/CIFAR100 class; without `verify_checksums`, one that skips the MD5 check."""
     from torchvision.datasets import CIFAR10, CIFAR100
@@ -105,7 +140,28 @@ def torchvision_dataset(dataset: str, *, verify_checksums: bool = False) -> type
         return base
 
     class Unverified(base):  # type: ignore[misc, valid-type]
-        """torchvision's reader without the MD5 check (which only accepts the official files)."""
+        """torchvision's reader without the MD5 check (which only accepts the official files).
+
+        Without the check any file could be there, so the batches are read with
+        `load_data_pickle` (data only), not torchvision's plain `pickle.load`.
+        """
+
+        def __init__(self, root: str, train: bool = True, download: bool = False) -> None:
+            import numpy as np
+
+            self.root = root
+            self.train = train
+            self.transform = self.target_transform = None
+            if not self._check_integrity():
+                raise RuntimeError("Dataset not found or corrupted.")
+            data, targets = [], []
+            for name, _ in self.train_list if train else self.test_list:
+                entry = load_data_pickle(os.path.join(root, self.base_folder, name))
+                data.append(entry["data"])
+                targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+            self.targets = targets
+            self._load_meta()
 
         def _check_integrity(self) -> bool:
             names = [n for n, _ in self.train_list + self.test_list]
@@ -113,8 +169,7 @@ def torchvision_dataset(dataset: str, *, verify_checksums: bool = False) -> type
 
         def _load_meta(self) -> None:
             path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-            with open(path, "rb") as infile:
-                self.classes = pickle.load(infile, encoding="latin1")[self.meta["key"]]
+            self.classes = load_data_pickle(path)[self.meta["key"]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     return Unverified
