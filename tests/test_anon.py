@@ -267,8 +267,9 @@ def test_compiled_path_matches_reference_path(monkeypatch):
     monkeypatch.setattr(
         _fastpath, "run", lambda fn, key, *args: compiled.append(key) or real_run(fn, key, *args)
     )
-    # Only large buckets compile by default; lower the bar so a small model takes that path.
-    with _fastpath.overrides(compile_min_numel=0):
+    # Only large buckets compile by default (where the C++ kernel cannot run); lower the bar
+    # and turn the kernel off so a small model takes that path.
+    with _fastpath.overrides(compile_min_numel=0, cpu_kernel=False):
         for settings in GROUP_SETTINGS:
             expected, _ = train("mlp", settings, foreach=False, steps=20)
             actual, _ = train("mlp", settings, foreach=None, steps=20)
