@@ -165,6 +165,7 @@ def test_a_crashing_trial_fails_with_its_traceback_and_the_campaign_completes(sq
     spec = load_spec(
         write_spec(
             tmp_path,
+            VALLEY,
             workload={"name": "cifar10-vgg11", "options": {"data_dir": str(tmp_path / "none")}},
             optimizers=["adam", "sgd"],
             budget={"trials": 2},
