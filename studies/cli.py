@@ -47,9 +47,18 @@ def _storage(args: argparse.Namespace) -> str:
     return url
 
 
-def _runner_config(args: argparse.Namespace, url: str) -> Any:
+def _runner_config(args: argparse.Namespace, url: str, spec: Any = None) -> Any:
+    from studies.artifacts import resolve_artifacts
     from studies.runner import RunnerConfig
 
+    artifacts = resolve_artifacts(url, getattr(args, "artifacts", None))
+    if artifacts is None and spec is not None and spec.live is not None and spec.live.checkpoints:
+        raise UsageError(
+            f"spec {spec.source}: artifacts.checkpoints: needs an artifact store, and a "
+            f"{mask_url(url).split(':', 1)[0]} storage has no default one (workers on other "
+            f"machines would write to different disks); give --artifacts s3://BUCKET or a "
+            f"directory every worker shares"
+        )
     return RunnerConfig(
         storage=url,
         heartbeat_interval=args.heartbeat_interval,
@@ -57,6 +66,7 @@ def _runner_config(args: argparse.Namespace, url: str) -> Any:
         device=args.device,
         threads=args.threads,
         worker_index=getattr(args, "worker_index", None),
+        artifacts=artifacts,
     )
 
 
@@ -161,7 +171,7 @@ def _run(args: argparse.Namespace, spec: Any, url: str, *, workers: int, quiet: 
     try:
         run(
             spec,
-            _runner_config(args, url),
+            _runner_config(args, url, spec),
             workers=workers,
             spec_arg=spec.source,
             on_event=progress,
@@ -204,6 +214,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             f"campaign {spec.name!r}: workload {spec.workload}, {len(spec.labels)} optimizers x "
             f"{spec.trials} trials, confirm on {spec.confirm_seeds} seeds; storage {mask_url(url)}"
         )
+        from studies.artifacts import resolve_artifacts
+
+        files = resolve_artifacts(url, args.artifacts)
+        print(f"artifacts: {files or 'none (a server database needs --artifacts DIR|s3://BUCKET)'}")
     _run(args, spec, url, workers=args.workers, quiet=args.quiet)
     print(format_compare(compare_frame(url, spec.name)))
     return 0
@@ -219,7 +233,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     progress = Progress(spec, metric=info["metric"], direction=info["direction"], quiet=args.quiet)
     progress.start([])
     try:
-        Worker(spec, _runner_config(args, url), on_event=progress).run()
+        Worker(spec, _runner_config(args, url, spec), on_event=progress).run()
     finally:
         progress.close()
     return 0
@@ -415,6 +429,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=60,
         metavar="S",
         help="seconds without heartbeat before a trial is failed and retried (default 60)",
+    )
+    p.add_argument(
+        "--artifacts",
+        metavar="LOCATION",
+        help="artifact store: a directory or s3://BUCKET (default: $HVADAM_ARTIFACTS, else "
+        "<database>-artifacts/ beside a SQLite file; none for PostgreSQL)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 

@@ -31,8 +31,11 @@ def campaign_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _keep(path: Path, name: str) -> None:
-    """Copy a screenshot into $HVADAM_ARTIFACTS/ when set (CI keeps that folder)."""
-    out = os.environ.get("HVADAM_ARTIFACTS")
+    """Copy a screenshot into $HVADAM_TEST_SCREENSHOTS/ when set (CI keeps that folder).
+
+    (Not $HVADAM_ARTIFACTS: that names the campaigns' artifact store.)
+    """
+    out = os.environ.get("HVADAM_TEST_SCREENSHOTS")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(out) / name)
@@ -52,9 +55,15 @@ def test_notes_carry_spec_and_comparison(campaign_url):
     for opt in OPTIMIZERS:
         assert f"| {opt} | 3 |" in note
     assert "| hvadam | adam |" in note and "| anon | adam |" in note
-    # a second call rewrites the note rather than appending to it
+    assert "Campaign **finished**. Note written 20" in note
+    assert "| optimizer | search | confirm | pruned | failed | running |" in note
+    # a second call rewrites the note rather than appending to it (only its date changes)
     annotate_studies(campaign_url, CAMPAIGN)
-    assert get_note(study) == note
+
+    def undated(text: str) -> str:
+        return "\n".join(line for line in text.splitlines() if "Note written" not in line)
+
+    assert undated(get_note(study)) == undated(note)
 
 
 def test_server_binds_localhost_by_default_and_warns_otherwise(campaign_url):

@@ -147,6 +147,7 @@ def run_campaign_ray(
                     used=used,
                     workload=driver.workload,
                     device=config.device,
+                    artifacts=config.artifacts,
                     experiments=experiments,
                     poll=poll,
                 )
@@ -154,7 +155,9 @@ def run_campaign_ray(
             if not campaign_complete(spec, config.storage):
                 _confirm(
                     spec,
-                    RunnerConfig(storage=config.storage, device=config.device),
+                    RunnerConfig(
+                        storage=config.storage, device=config.device, artifacts=config.artifacts
+                    ),
                     execution,
                     poll,
                 )
@@ -181,6 +184,7 @@ def _search(
     device: str | None,
     experiments: Path,
     poll: Callable[[], None] | None,
+    artifacts: str | None = None,
 ) -> None:
     """The search phase of every optimizer with budget left, in one Tune run."""
     mode = "max" if workload.direction == "maximize" else "min"
@@ -203,7 +207,7 @@ def _search(
         tune.with_parameters(
             trainable,
             spec=spec,
-            runner=RunnerConfig(storage=storage, device=device),
+            runner=RunnerConfig(storage=storage, device=device, artifacts=artifacts),
             execution=execution,
         ),
         {"cpu": execution.cpus, "gpu": execution.gpus},
