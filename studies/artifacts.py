@@ -152,6 +152,8 @@ def upload(
     mimetype, encoding = mimetypes.guess_type(name)
     if name.endswith((".yaml", ".yml")):
         mimetype = "text/yaml"
+    elif name.endswith((".pt", ".pth")):
+        mimetype = "application/octet-stream"  # torch.save, not whatever the OS table says
     meta = {
         "artifact_id": aid,
         "filename": name,
