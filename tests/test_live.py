@@ -165,3 +165,21 @@ def test_uploads_are_listed_by_optuna_and_fetched_without_the_database(sqlite_ur
     assert got.read_text() == "format: hvadam-config/1\n# again\n"
     with pytest.raises(ArtifactsError, match="not in the artifact store"):
         fetch(store, artifact_id("camp", "adam", "best-adam.yaml"), tmp_path / "y.yaml")
+
+
+@pytest.mark.postgres
+def test_checkpoints_on_postgresql_need_an_artifact_location(postgres_url, tmp_path, capsys):
+    from studies.cli import main
+
+    spec = {
+        **BASE,
+        "name": "pgck",
+        "workload": {"name": "digits-mlp", "options": {"epochs": 1, "hidden": 8}},
+        "artifacts": {"checkpoints": True},
+    }
+    path = tmp_path / "pgck.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["tune", str(path), "--storage", postgres_url, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "artifacts.checkpoints" in err and "--artifacts" in err and "different disks" in err
+    assert "pg-secret" not in err
