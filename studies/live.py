@@ -8,20 +8,25 @@ Optional spec keys (how the campaign is reported, not what it measures: not in t
 Packages downstream of `studies` (the dashboards) register a hook under the entry-point group
 `hvadam.campaign_progress`; `LiveNotes.run_finished` calls it with an `Update` after every confirm
 run, and during search at most every `notes_interval` seconds, whichever worker finishes a run.
-One writer at a time (a lock in the campaign's database); the time of the last write is kept in
-the first study's system attrs, so the interval holds across workers. A hook that fails prints a
-warning: it never fails a trial.
+One writer at a time: `NotesLock`, a lock of its own (never the campaign lock that hands out
+trials, so a slow note holds up no trial); during search a worker that finds it taken skips the
+refresh, after a confirm run it waits for it. The time of the last write is kept in the first
+study's system attrs, so the interval holds across workers. A hook that fails prints a warning:
+it never fails a trial.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from studies.storage import CampaignLock, mask_text
+from studies.storage import get_engine, mask_text
 
 if TYPE_CHECKING:
     import optuna
@@ -34,6 +39,7 @@ __all__ = [
     "PROGRESS_GROUP",
     "LiveNotes",
     "LiveSettings",
+    "NotesLock",
     "Update",
     "load_hooks",
     "parse_live",
@@ -114,6 +120,104 @@ def load_hooks(group: str = PROGRESS_GROUP) -> list[Callable[[Update], Any]]:
     return found
 
 
+class NotesLock:
+    """The campaign's note-writing lock, taken with or without waiting; `release()` frees it.
+
+    SQLite: an advisory lock on `<database>.notes-<hash of the campaign>.lock`; PostgreSQL: a session advisory lock
+    (`pg_try_advisory_lock`); MySQL: GET_LOCK; other databases: within this process only. A
+    process that dies releases it.
+    """
+
+    _local: ClassVar[dict[str, threading.Lock]] = {}
+    _guard: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, url: str, campaign: str) -> None:
+        self.url = url
+        self.name = f"hvadam-notes:{campaign}"
+        self._release: Callable[[], None] | None = None
+
+    def acquire(self, wait: bool) -> bool:
+        """Take the lock; without `wait`, return False at once if another writer holds it."""
+        from sqlalchemy.engine import make_url
+
+        backend = make_url(self.url).get_backend_name()
+        if backend == "sqlite":
+            return self._file(wait)
+        if backend in ("postgresql", "mysql", "mariadb"):
+            return self._database(backend, wait)
+        with self._guard:
+            lock = self._local.setdefault(f"{self.url}\0{self.name}", threading.Lock())
+        if not lock.acquire(blocking=wait):
+            return False
+        self._release = lock.release
+        return True
+
+    def _file(self, wait: bool) -> bool:
+        import fcntl
+
+        from sqlalchemy.engine import make_url
+
+        db = Path(make_url(self.url).database or "hvadam.db").expanduser().resolve()
+        tag = hashlib.sha256(self.name.encode()).hexdigest()[:12]
+        path = db.with_name(f"{db.name}.notes-{tag}.lock")
+        fh = open(path, "a+")  # noqa: SIM115 - held until release
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.close()
+            return False
+        except BaseException:
+            fh.close()
+            raise
+
+        def release() -> None:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            finally:
+                fh.close()
+
+        self._release = release
+        return True
+
+    def _database(self, backend: str, wait: bool) -> bool:
+        import sqlalchemy as sa
+
+        if backend == "postgresql":
+            digest = hashlib.sha256(self.name.encode()).digest()
+            key: Any = int.from_bytes(digest[:8], "big", signed=True)
+            take = "SELECT pg_advisory_lock(:k)" if wait else "SELECT pg_try_advisory_lock(:k)"
+            give = "SELECT pg_advisory_unlock(:k)"
+        else:
+            key = "hvadam:" + hashlib.sha256(self.name.encode()).hexdigest()[:40]
+            take = "SELECT GET_LOCK(:k, -1)" if wait else "SELECT GET_LOCK(:k, 0)"
+            give = "SELECT RELEASE_LOCK(:k)"
+        conn = get_engine(self.url).connect()
+        try:
+            got = conn.execute(sa.text(take), {"k": key}).scalar()
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        if not wait and not got:
+            conn.close()
+            return False
+
+        def release() -> None:
+            try:
+                conn.execute(sa.text(give), {"k": key})
+                conn.commit()
+            finally:
+                conn.close()
+
+        self._release = release
+        return True
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
 class LiveNotes:
     """Calls the progress hooks after finished runs, at most every `notes_interval` in search."""
 
@@ -154,8 +258,13 @@ class LiveNotes:
             confirmed=confirmed,
             artifacts=self.artifacts,
         )
+        lock = NotesLock(self.storage, self.spec.name)
         try:
-            with CampaignLock(self.storage, f"{self.spec.name}:notes"):
+            # During search a busy lock means another worker is writing them right now.
+            if not lock.acquire(wait=force):
+                self._next = time.time() + min(self.interval, 5.0)
+                return False
+            try:
                 storage, study_id = self.study._storage, self.study._study_id
                 if not force:
                     last = storage.get_study_system_attrs(study_id).get(NOTES_WRITTEN_ATTR)
@@ -170,6 +279,8 @@ class LiveNotes:
                 now = time.time()
                 storage.set_study_system_attr(study_id, NOTES_WRITTEN_ATTR, now)
                 self._next = now + self.interval
+            finally:
+                lock.release()
         except Exception as exc:
             self._warn(None, exc)
             self._next = time.time() + self.interval

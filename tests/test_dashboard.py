@@ -181,6 +181,14 @@ def test_a_running_campaigns_study_page_shows_the_metric_name_and_the_live_note(
     import optuna
     from optuna_dashboard import get_note
 
+    from studies.live import PROGRESS_GROUP, load_hooks
+
+    if not load_hooks():
+        pytest.fail(
+            f"no {PROGRESS_GROUP} entry point: the installed package metadata predates it "
+            f"(reinstall: make venv)",
+            pytrace=False,
+        )
     spec = {
         "name": "livecamp",
         "workload": {"name": "valley2d", "options": {"steps": 400, "report_every": 100}},

@@ -183,3 +183,18 @@ def test_checkpoints_on_postgresql_need_an_artifact_location(postgres_url, tmp_p
     err = capsys.readouterr().err
     assert "artifacts.checkpoints" in err and "--artifacts" in err and "different disks" in err
     assert "pg-secret" not in err
+
+
+def test_the_notes_lock_is_one_writer_at_a_time_and_not_the_trial_lock(storage_url):
+    from studies.live import NotesLock
+    from studies.storage import CampaignLock
+
+    first, second = NotesLock(storage_url, "c"), NotesLock(storage_url, "c")
+    assert first.acquire(wait=False) is True
+    assert second.acquire(wait=False) is False  # busy: a search run skips its refresh
+    with CampaignLock(storage_url, "c"):  # trials are still handed out meanwhile
+        pass
+    assert NotesLock(storage_url, "other").acquire(wait=False) is True  # per campaign
+    first.release()
+    assert second.acquire(wait=False) is True
+    second.release()
