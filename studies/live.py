@@ -7,7 +7,8 @@ Optional spec keys (how the campaign is reported, not what it measures: not in t
 
 Packages downstream of `studies` (the dashboards) register a hook under the entry-point group
 `hvadam.campaign_progress`; `LiveNotes.run_finished` calls it with an `Update` after every confirm
-run, and during search at most every `notes_interval` seconds, whichever worker finishes a run.
+run, and during search at most every `notes_interval` seconds (the first time one interval after
+the worker started), whichever worker finishes a run.
 One writer at a time: `NotesLock`, a lock of its own (never the campaign lock that hands out
 trials, so a slow note holds up no trial); during search a worker that finds it taken skips the
 refresh, after a confirm run it waits for it. The time of the last write is kept in the first
@@ -237,7 +238,10 @@ class LiveNotes:
         self.hooks = list(load_hooks() if hooks is None else hooks)
         settings = spec.live if spec.live is not None else LiveSettings()
         self.interval = settings.notes_interval
-        self._next = 0.0  # time.time() before which this process does not even look
+        # time.time() before which this process does not even look: a worker's first search
+        # refresh comes one interval after it starts (campaigns shorter than that get their
+        # notes after each confirm run and when they finish).
+        self._next = time.time() + self.interval
         self.failures = 0
 
     def run_finished(self, phase: str, optimizer: str, *, confirmed: bool = False) -> bool:

@@ -75,7 +75,10 @@ def test_notes_are_refreshed_at_most_every_interval_across_workers(sqlite_url):
     study = _study(sqlite_url)
     one = LiveNotes(spec, sqlite_url, study, hooks=[calls.append], artifacts="/x")
     two = LiveNotes(spec, sqlite_url, _study(sqlite_url), hooks=[calls.append])  # another worker
-    assert one.run_finished("search", "sgd") is True  # the first run writes at once
+    assert one.run_finished("search", "sgd") is False  # the first one interval after the start
+    assert calls == []
+    one._next = two._next = 0.0  # as if both had run for an interval
+    assert one.run_finished("search", "sgd") is True
     assert two.run_finished("search", "sgd") is False  # another worker wrote them just now
     assert one.run_finished("search", "sgd") is False
     assert len(calls) == 1
