@@ -6,6 +6,10 @@ The framework adds the campaign lock, budget counting, run records, curves and u
 Both sides time the trial loop alone; the campaign's one-off preparation is printed apart.
 Target: framework / plain <= 1.3.
 
+It also times the framework with and without the dashboards' progress hook (live notes at the
+spec's default `notes_interval`): target with / without <= 1.05; and, apart, the fixed cost of
+the note and best-config artifact written after a confirm run.
+
     PYTHONPATH=. python benchmarks/trial_overhead.py [--trials 40] [--steps 100]
 """
 
@@ -23,6 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 import hvadam
+from dashboards.live import on_progress
 from search_spaces import load_space
 from studies.runner import RunnerConfig, Worker, prepare_campaign, search_seed
 from studies.spec import load_spec
@@ -78,13 +83,18 @@ def plain_loop(url: str, *, trials: int, steps: int, optimizer: str) -> float:
     return time.perf_counter() - start
 
 
-def framework(url: str, spec_path: Path) -> float:
-    """The runner's trial loop (campaign preparation excluded; it is timed on its own)."""
+def framework(url: str, spec_path: Path, hooks: list | None = None) -> float:
+    """The runner's trial loop (campaign preparation excluded; it is timed on its own).
+
+    `hooks`: the progress hooks the worker calls (None: those installed, by entry point).
+    """
     spec = load_spec(spec_path)
     start = time.perf_counter()
     prepare_campaign(spec, url)
     _setup.append(time.perf_counter() - start)
     worker = Worker(spec, RunnerConfig(storage=url, threads=1, worker_index=0))
+    if hooks is not None:
+        worker.live.hooks = list(hooks)
     start = time.perf_counter()
     worker.run()
     return time.perf_counter() - start
@@ -108,6 +118,10 @@ def main() -> None:
         # Warm up imports and the workload once, outside the timings.
         plain_loop(f"sqlite:///{tmp}/warm.db", trials=2, steps=args.steps, optimizer=args.optimizer)
         plain_times, framework_times, plain_sql, framework_sql = [], [], 0, 0
+        quiet_times: list[float] = []
+        noted_times: list[float] = []
+        quiet1: list[float] = []
+        noted1: list[float] = []
         for r in range(args.repeats):
             spec = {
                 "name": f"overhead{r}",
@@ -136,6 +150,17 @@ def main() -> None:
                 framework, f"sqlite:///{tmp}/framework{r}.db", spec_path
             )
             framework_times.append(seconds)
+            # Live notes and artifacts: the same campaign, the progress hook off and on; then
+            # with one confirm seed (a note and best-<optimizer>.yaml after the confirm run).
+            for seeds, off, on in ((0, quiet_times, noted_times), (1, quiet1, noted1)):
+                spec["confirm"] = {"seeds": seeds}
+                spec["name"] = f"notes{r}-{seeds}"
+                spec_path = tmp / f"notes{r}-{seeds}.yaml"
+                spec_path.write_text(yaml.safe_dump(spec))
+                off.append(framework(f"sqlite:///{tmp}/off{r}-{seeds}.db", spec_path, hooks=[]))
+                on.append(
+                    framework(f"sqlite:///{tmp}/on{r}-{seeds}.db", spec_path, hooks=[on_progress])
+                )
 
     plain, fw = min(plain_times), min(framework_times)
     n = args.trials
@@ -153,6 +178,16 @@ def main() -> None:
         f"overhead {1000 * (fw - plain) / n:.1f} ms/trial (best of {args.repeats})"
     )
     print(f"once per campaign: preparation (checks, tables, studies) {min(_setup):.2f} s")
+    quiet, noted = min(quiet_times), min(noted_times)
+    print(
+        f"live notes + artifacts (notes_interval 60): without {quiet:.2f} s, with {noted:.2f} s; "
+        f"ratio {noted / quiet:.3f}x (target <= 1.05x; best of {args.repeats})"
+    )
+    quiet, noted = min(quiet1), min(noted1)
+    print(
+        f"  the same with 1 confirm seed: without {quiet:.2f} s, with {noted:.2f} s "
+        f"(+{noted - quiet:.2f} s: the note and best-<optimizer>.yaml after the confirm run)"
+    )
 
 
 if __name__ == "__main__":

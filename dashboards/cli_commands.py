@@ -11,7 +11,13 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["add_subcommands", "export_configs", "serve_dashboard", "write_report"]
+__all__ = [
+    "add_subcommands",
+    "export_configs",
+    "export_from_artifacts",
+    "serve_dashboard",
+    "write_report",
+]
 
 
 def _storage(args: argparse.Namespace) -> str:
@@ -23,22 +29,48 @@ def _storage(args: argparse.Namespace) -> str:
     return url
 
 
+def _artifacts(url: str, location: str | None) -> str | None:
+    from studies.artifacts import resolve_artifacts
+
+    return resolve_artifacts(url, location)
+
+
 def serve_dashboard(
-    storage: str | None = None, *, host: str = "127.0.0.1", port: int = 8080
+    storage: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    artifacts: str | None = None,
 ) -> None:
-    """Serve optuna-dashboard on the campaign storage until Ctrl-C."""
+    """Serve optuna-dashboard on the campaign storage (and its artifact store) until Ctrl-C."""
     from dashboards.server import serve_dashboard as serve
     from studies.api import resolve_storage_url
 
-    serve(resolve_storage_url(storage), host=host, port=port)
+    url = resolve_storage_url(storage)
+    serve(url, host=host, port=port, artifacts=_artifacts(url, artifacts))
 
 
-def write_report(storage: str | None, campaign: str, out_dir: str) -> Any:
-    """Write `<out_dir>/report.html` and the PNG figures; returns the `Report`."""
+def write_report(
+    storage: str | None, campaign: str, out_dir: str, *, artifacts: str | None = None
+) -> Any:
+    """Write `<out_dir>/report.html` and the PNG figures; returns the `Report`.
+
+    The figures and the page are also attached to every study of the campaign in the artifact
+    store (`artifacts`, else $HVADAM_ARTIFACTS, else beside a SQLite file; none for PostgreSQL).
+    """
+    from dashboards.artifacts import upload_report
+    from dashboards.data import study_attrs
     from dashboards.report import write_report as write
     from studies.api import resolve_storage_url
 
-    return write(resolve_storage_url(storage), campaign, out_dir)
+    url = resolve_storage_url(storage)
+    report = write(url, campaign, out_dir)
+    location = _artifacts(url, artifacts)
+    if location is not None:
+        report.artifacts = upload_report(
+            url, campaign, report, location, list(study_attrs(url, campaign))
+        )
+    return report
 
 
 def export_configs(
@@ -59,26 +91,85 @@ def export_configs(
 
 
 def _run_dashboard(args: argparse.Namespace) -> int:
-    serve_dashboard(_storage(args), host=args.host, port=args.port)
+    serve_dashboard(_storage(args), host=args.host, port=args.port, artifacts=args.artifacts)
     return 0
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    report = write_report(_storage(args), args.campaign, args.output)
+    report = write_report(_storage(args), args.campaign, args.output, artifacts=args.artifacts)
     print(f"wrote {report.html} ({len(report.pngs)} PNG figures) in {report.seconds:.1f}s")
+    if report.artifacts:
+        print(f"  attached {len(report.artifacts)} files to the campaign's studies (artifacts)")
     for section, why in report.empty.items():
         print(f"  {section}: {why}")
     return 0
 
 
+def export_from_artifacts(
+    storage: str | None,
+    campaign: str,
+    *,
+    optimizer: str | None,
+    output: str | None = None,
+    artifacts: str | None = None,
+) -> list[Any]:
+    """`hvadam export --from-artifacts`: `best-<optimizer>.yaml` from the store, no database.
+
+    Written to `output` (a file, or a directory for `<optimizer>.yaml`), else to stdout.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from dashboards.artifacts import fetch_best_config
+    from dashboards.export import ExportError
+    from studies.api import resolve_storage_url
+    from studies.artifacts import resolve_artifacts
+
+    if optimizer is None:
+        raise ExportError(
+            "--from-artifacts needs --optimizer (the store is read without the database, "
+            "which lists the optimizers)"
+        )
+    location = resolve_artifacts(resolve_storage_url(storage), artifacts)
+    if location is None:
+        raise ExportError(
+            "--from-artifacts: no artifact store; give --artifacts DIR or s3://BUCKET "
+            "(or set HVADAM_ARTIFACTS)"
+        )
+    if output is None:
+        with tempfile.TemporaryDirectory(prefix="hvadam-export-") as tmp:
+            path = fetch_best_config(campaign, optimizer, location, Path(tmp) / "best.yaml")
+            sys.stdout.write(path.read_text(encoding="utf-8"))
+        return []
+    out = Path(output)
+    target = out / f"{optimizer}.yaml" if out.is_dir() or not out.suffix else out
+    return [fetch_best_config(campaign, optimizer, location, target)]
+
+
 def _run_export(args: argparse.Namespace) -> int:
-    written = export_configs(
-        _storage(args), args.campaign, optimizer=args.optimizer, output=args.output,
-        fmt=args.format,
-    )  # fmt: skip
+    if args.from_artifacts:
+        written = export_from_artifacts(
+            getattr(args, "storage", None), args.campaign, optimizer=args.optimizer,
+            output=args.output, artifacts=args.artifacts,
+        )  # fmt: skip
+    else:
+        written = export_configs(
+            _storage(args), args.campaign, optimizer=args.optimizer, output=args.output,
+            fmt=args.format,
+        )  # fmt: skip
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _artifacts_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--artifacts",
+        metavar="LOCATION",
+        default=None,
+        help="artifact store: a directory or s3://BUCKET (default: $HVADAM_ARTIFACTS, else "
+        "<database>-artifacts/ beside a SQLite file)",
+    )
 
 
 def _storage_arg(p: argparse.ArgumentParser) -> None:
@@ -104,6 +195,7 @@ def add_subcommands(subparsers: Any) -> None:
     _storage_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    _artifacts_arg(p)
     p.set_defaults(func=_run_dashboard)
 
     p = subparsers.add_parser(
@@ -114,6 +206,7 @@ def add_subcommands(subparsers: Any) -> None:
     _storage_arg(p)
     p.add_argument("campaign", help="campaign name")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    _artifacts_arg(p)
     p.set_defaults(func=_run_report)
 
     p = subparsers.add_parser(
@@ -135,5 +228,11 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument(
         "--format", choices=("yaml", "json"), default=None,
         help="default: from the file suffix, else yaml",
+    )  # fmt: skip
+    _artifacts_arg(p)
+    p.add_argument(
+        "--from-artifacts", action="store_true",
+        help="fetch best-<optimizer>.yaml from the artifact store, without database access "
+        "(needs --optimizer; YAML as uploaded when the confirm phase completed)",
     )  # fmt: skip
     p.set_defaults(func=_run_export)

@@ -138,8 +138,11 @@ class CampaignData:
         return sorted(self.curves["metric"].unique().tolist()) if len(self.curves) else []
 
 
-def load_campaign(storage: str, campaign: str) -> CampaignData:
-    """Read one campaign's frames through `studies.results`; raise if it has no run."""
+def load_campaign(storage: str, campaign: str, *, curves: bool = True) -> CampaignData:
+    """Read one campaign's frames through `studies.results`; raise if it has no run.
+
+    `curves=False` leaves the curves frame empty (the notes need the runs only).
+    """
     from studies import results
 
     runs = results.runs_frame(storage, campaign)
@@ -147,9 +150,13 @@ def load_campaign(storage: str, campaign: str) -> CampaignData:
         from studies.api import mask_url
 
         raise CampaignNotFound(f"campaign {campaign!r} has no runs in storage {mask_url(storage)}")
-    curves = results.curves_frame(storage, campaign)
+    frame = (
+        results.curves_frame(storage, campaign)
+        if curves
+        else pd.DataFrame(columns=results.CURVE_COLUMNS)
+    )
     return from_frames(
-        campaign, runs, curves, None, storage=storage, study_attrs=study_attrs(storage, campaign)
+        campaign, runs, frame, None, storage=storage, study_attrs=study_attrs(storage, campaign)
     )
 
 

@@ -1,20 +1,39 @@
-"""Study notes for optuna-dashboard: each campaign study shows the spec and the comparison.
+"""Study notes for optuna-dashboard: each campaign study shows progress, comparison and spec.
 
 `annotate_studies(storage, campaign)` writes (or rewrites) the note of every study of the
 campaign, so that whoever opens the dashboard sees, next to Optuna's own plots, what the
-campaign was and where this optimizer stands. The runner calls it when a campaign finishes;
-calling it again refreshes the table.
+campaign is, how far it has got (search k/n, confirm k/n, failed, pruned) and where this
+optimizer stands, with the time the note was written. Workers refresh the notes while the
+campaign runs (`dashboards.live`, `running=True`); `hvadam tune` writes them once more when the
+campaign finishes; calling it again refreshes them.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 from typing import Any
 
 from dashboards.data import CampaignData, CampaignNotFound, load_campaign
 from dashboards.stats import comparison_tables
+from studies.api import campaign_status
 
-__all__ = ["annotate_studies", "campaign_note"]
+__all__ = ["annotate_studies", "campaign_note", "progress_markdown"]
+
+
+def progress_markdown(progress: dict[str, dict[str, Any]]) -> str:
+    """The progress of every optimizer (`studies.status.campaign_status` rows) as a table."""
+    lines = [
+        "| optimizer | search | confirm | pruned | failed | running |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, p in progress.items():
+        lines.append(
+            f"| {label} | {p['search_done']}/{p['budget']} | "
+            f"{p['confirm_done']}/{p['confirm_seeds']} | {p['pruned']} | {p['failed']} | "
+            f"{p['running']} |"
+        )
+    return "\n".join(lines)
 
 
 def _num(v: Any) -> str:
@@ -94,10 +113,30 @@ def comparison_markdown(data: CampaignData) -> str:
 
 
 def campaign_note(
-    data: CampaignData | None, *, campaign: str, spec: dict[str, Any], label: str
+    data: CampaignData | None,
+    *,
+    campaign: str,
+    spec: dict[str, Any],
+    label: str,
+    progress: dict[str, dict[str, Any]] | None = None,
+    running: bool = False,
+    written: str | None = None,
 ) -> str:
-    """The Markdown note of one study (`label`) of the campaign."""
+    """The Markdown note of one study (`label`) of the campaign.
+
+    `progress` adds the progress table; `running` says the campaign is still running (a live
+    note, refreshed by the workers); `written` is the time shown as the note's date.
+    """
     parts = [f"# Campaign `{campaign}`: {label}", ""]
+    if written is not None:
+        state = (
+            "**running**: this note is refreshed while the campaign runs"
+            if running
+            else "**finished**"
+        )
+        parts += [f"Campaign {state}. Note written {written}.", ""]
+    if progress:
+        parts += ["## Progress", "", progress_markdown(progress), ""]
     if data is not None:
         parts.append(
             f"Workload **{data.workload}**, metric **{data.metric}** ({data.direction}). "
@@ -114,20 +153,37 @@ def campaign_note(
     return "\n".join(parts) + "\n"
 
 
-def annotate_studies(storage: str, campaign: str) -> list[str]:
-    """Write the note of every Optuna study of `campaign`; returns the study names annotated."""
+def annotate_studies(storage: str, campaign: str, *, running: bool = False) -> list[str]:
+    """Write the note of every Optuna study of `campaign`; returns the study names annotated.
+
+    `running`: the campaign is still running (the note says so, and when it was written).
+    """
     from optuna_dashboard import save_note
 
     from studies.api import campaign_studies
 
+    written = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     with campaign_studies(storage, campaign) as studies:
         if not studies:
             raise CampaignNotFound(f"no Optuna study of campaign {campaign!r} in this storage")
         try:
-            data: CampaignData | None = load_campaign(storage, campaign)
+            data: CampaignData | None = load_campaign(storage, campaign, curves=False)
         except CampaignNotFound:
             data = None
+        try:
+            progress = {r["optimizer"]: r for r in campaign_status(storage, campaign)}
+        except KeyError:  # studies made without the campaign's results tables
+            progress = {}
         for label, study in studies.items():
             spec = dict(study.user_attrs.get("spec") or {})
-            save_note(study, campaign_note(data, campaign=campaign, spec=spec, label=label))
+            note = campaign_note(
+                data,
+                campaign=campaign,
+                spec=spec,
+                label=label,
+                progress=progress,
+                running=running,
+                written=written,
+            )
+            save_note(study, note)
         return [study.study_name for study in studies.values()]

@@ -56,6 +56,7 @@ class Report:
     pngs: dict[str, Path]
     empty: dict[str, str]
     seconds: float = 0.0
+    artifacts: list[str] = field(default_factory=list)  # ids in the artifact store, if uploaded
 
 
 # ---- helpers ------------------------------------------------------------------------------

@@ -5,8 +5,9 @@
 Runs two small campaigns through the real runner into a temporary SQLite file (or `--storage`):
 digits-mlp (scikit-learn's bundled digits; the comparison, its statistics and learning curves)
 and valley2d (the HVAdam paper's 2-D valley; the trajectory picture). Then it writes both
-reports, annotates the studies, serves optuna-dashboard, and photographs them with headless
-Chromium. Set HVADAM_COMPILE=0 to keep the optimizers eager (no compiler warm-up).
+reports, annotates the studies, attaches the best configs and report figures to them as
+artifacts, serves optuna-dashboard with its artifact store, and photographs them with headless
+Chromium (a study page shows the named metric and the "Study Artifacts" card). Set HVADAM_COMPILE=0 to keep the optimizers eager (no compiler warm-up).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SHOTS = (
     "report-curves.png",
     "dashboard-studies.png",
     "dashboard-note.png",
+    "dashboard-study.png",
 )
 
 
@@ -79,10 +81,13 @@ def take_screenshots(
     `trajectories_from`: another campaign (a valley2d one) whose report gives the trajectory
     picture; by default `campaign`'s own.
     """
+    from dashboards.artifacts import upload_best_config, upload_report
     from dashboards.browser import chromium
+    from dashboards.data import study_attrs
     from dashboards.notes import annotate_studies
     from dashboards.report import write_report
     from dashboards.server import start_dashboard
+    from studies.artifacts import resolve_artifacts
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -93,6 +98,12 @@ def take_screenshots(
         valley = report if other == campaign else write_report(storage, other, Path(tmp) / "2d")
         for name in {campaign, other}:
             annotate_studies(storage, name)
+        store = resolve_artifacts(storage, required=True)
+        assert store is not None  # required=True raises instead of returning None
+        labels = list(study_attrs(storage, campaign))
+        for label in labels:
+            upload_best_config(storage, campaign, label, store)
+        upload_report(storage, campaign, report, store, labels)
         with chromium() as browser:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
 
@@ -111,7 +122,7 @@ def take_screenshots(
             page.screenshot(path=str(shots[-1]))
             section_shot(valley.html, "trajectories", SHOTS[1])
             section_shot(report.html, "curves", SHOTS[2])
-            with start_dashboard(storage) as server:
+            with start_dashboard(storage, artifacts=store) as server:
                 page.goto(server.url)
                 page.get_by_text(f"{campaign}/hvadam").first.wait_for(timeout=60_000)
                 shots.append(out / SHOTS[3])
@@ -122,7 +133,39 @@ def take_screenshots(
                 page.get_by_text(f"Campaign {campaign}: hvadam").first.wait_for(timeout=60_000)
                 shots.append(out / SHOTS[4])
                 page.screenshot(path=str(shots[-1]))
+                # The study page: the history plot names the metric; its artifacts below.
+                page.goto(page.url.removesuffix("/note"))
+                page.get_by_text("best-hvadam.yaml").first.wait_for(timeout=60_000)
+                page.wait_for_timeout(1500)  # the plots draw after their data arrives
+                shots.append(out / SHOTS[5])
+                _study_shot(page, shots[-1])
     return shots
+
+
+def _study_shot(page: Any, path: Path) -> None:
+    """The study page's top (the history plot, which names the metric) over its artifacts card.
+
+    The cards between them are cut out, so that the picture stays small.
+    """
+    import io
+
+    from PIL import Image
+
+    full = Image.open(io.BytesIO(page.screenshot(full_page=True)))
+    scroll = page.evaluate("window.scrollY")
+
+    def top(text: str) -> int:
+        box = page.get_by_text(text, exact=True).first.bounding_box()
+        return int(box["y"] + scroll) - 40 if box else full.height
+
+    cut, artifacts = top("Hyperparameter Importance"), top("Study Artifacts")
+    parts = [full.crop((0, 0, full.width, cut)), full.crop((0, artifacts, full.width, full.height))]
+    out = Image.new("RGB", (full.width, sum(p.height for p in parts)), "white")
+    y = 0
+    for part in parts:
+        out.paste(part, (0, y))
+        y += part.height
+    out.save(path, optimize=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -78,21 +78,36 @@ class DashboardServer:
         self.stop()
 
 
-def _make(storage: Any, host: str, port: int, warn_to: TextIO) -> WSGIServer:
+def _make(
+    storage: Any, host: str, port: int, warn_to: TextIO, artifacts: str | None = None
+) -> WSGIServer:
     import optuna_dashboard
 
     _check_bind(host, port, warn_to)
-    app = optuna_dashboard.wsgi(open_storage(storage))
+    store = None
+    if artifacts is not None:
+        from studies.artifacts import open_store
+
+        store = open_store(artifacts)  # the study pages list and serve its files
+    app = optuna_dashboard.wsgi(open_storage(storage), artifact_store=store)
     return make_server(
         host, port, app, server_class=_ThreadedWSGIServer, handler_class=_QuietHandler
     )
 
 
 def start_dashboard(
-    storage: Any, *, host: str = "127.0.0.1", port: int = 0, warn_to: TextIO | None = None
+    storage: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    warn_to: TextIO | None = None,
+    artifacts: str | None = None,
 ) -> DashboardServer:
-    """Start the dashboard in a background thread and return at once (port 0: a free port)."""
-    httpd = _make(storage, host, port, warn_to or sys.stderr)
+    """Start the dashboard in a background thread and return at once (port 0: a free port).
+
+    `artifacts`: the artifact store's location (`studies.artifacts`), served with the studies.
+    """
+    httpd = _make(storage, host, port, warn_to or sys.stderr, artifacts)
     thread = threading.Thread(target=httpd.serve_forever, name="hvadam-dashboard", daemon=True)
     thread.start()
     return DashboardServer(httpd, thread)
@@ -104,14 +119,20 @@ def serve_dashboard(
     host: str = "127.0.0.1",
     port: int = 8080,
     out: TextIO | None = None,
+    artifacts: str | None = None,
 ) -> None:
     """Serve the dashboard in this thread until interrupted (what `hvadam dashboard` runs)."""
     from studies.api import mask_url
 
     out = out or sys.stderr
-    server = DashboardServer(_make(storage, host, port, out), None)
+    server = DashboardServer(_make(storage, host, port, out, artifacts), None)
     where = mask_url(storage) if isinstance(storage, str) else type(storage).__name__
-    print(f"optuna-dashboard for {where} on {server.url} (Ctrl-C to stop)", file=out, flush=True)
+    files = f", artifacts in {artifacts}" if artifacts else ""
+    print(
+        f"optuna-dashboard for {where}{files} on {server.url} (Ctrl-C to stop)",
+        file=out,
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

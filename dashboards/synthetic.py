@@ -89,6 +89,7 @@ def write_synthetic_campaign(
                 study_name=f"{name}/{opt}", storage=rdb, direction=study_direction,
                 sampler=optuna.samplers.RandomSampler(seed=seed),
             )  # fmt: skip
+            study.set_metric_names([metric])  # as the runner's studies do
             for key, value in {
                 "campaign": name, "workload": workload, "optimizer": opt,
                 "optimizer_class": space.optimizer, "spec_hash": f"synthetic-{seed}",

@@ -5,6 +5,7 @@ contract forbids the rest), so the modules behind these functions can change fre
 
 - storage URLs: `resolve_storage_url`, `mask_url`, `check_storage_exists` (read-only commands
   refuse a SQLite file that does not exist instead of creating it);
+- a campaign's progress: `campaign_status`;
 - a campaign's Optuna studies: `campaign_study_attrs` (their user attrs, by optimizer label),
   `campaign_studies` (the studies themselves, on one connection), `optuna_storage` (Optuna's
   storage on a campaign database, for writing studies beside the campaign's);
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from studies.worker import Event
 
 __all__ = [
+    "campaign_status",
     "campaign_studies",
     "campaign_study_attrs",
     "check_storage_exists",
@@ -105,6 +107,13 @@ def campaign_studies(storage: str, campaign: str) -> Iterator[dict[str, optuna.S
             for study in rdb.get_all_studies()
             if study.user_attrs.get("campaign") == campaign
         }
+
+
+def campaign_status(storage: str, campaign: str) -> list[dict[str, Any]]:
+    """Progress of every optimizer of `campaign` (what `hvadam status` prints), one dict each."""
+    from studies.status import campaign_status as _status
+
+    return _status(storage, campaign)
 
 
 def function_2d(name: str) -> Function2D | None:

@@ -79,8 +79,12 @@ def prepare_campaign(spec: CampaignSpec, storage: str) -> dict[str, Any]:
                         f"spec (stored hash {stored}, this spec {spec.spec_hash}); give the "
                         f"changed campaign a new name, or use another storage"
                     )
+                if study.metric_names != [workload.metric]:  # a study made before they were set
+                    study.set_metric_names([workload.metric])
                 continue
             study = optuna.create_study(study_name=name, storage=rdb, direction=workload.direction)
+            # The dashboard's plots and best-trial card name the metric instead of "Objective 0".
+            study.set_metric_names([workload.metric])
             attrs = {
                 "campaign": spec.name,
                 "workload": spec.workload,

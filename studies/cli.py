@@ -82,9 +82,18 @@ def _check_run_flags(args: argparse.Namespace, spec: Any) -> None:
         check_device(args.device or spec.device, what=what)
 
 
-def _runner_config(args: argparse.Namespace, url: str) -> Any:
+def _runner_config(args: argparse.Namespace, url: str, spec: Any = None) -> Any:
+    from studies.artifacts import resolve_artifacts
     from studies.runner import RunnerConfig
 
+    artifacts = resolve_artifacts(url, getattr(args, "artifacts", None))
+    if artifacts is None and spec is not None and spec.live is not None and spec.live.checkpoints:
+        raise UsageError(
+            f"spec {spec.source}: artifacts.checkpoints: needs an artifact store, and a "
+            f"{mask_url(url).split(':', 1)[0]} storage has no default one (workers on other "
+            f"machines would write to different disks); give --artifacts s3://BUCKET or a "
+            f"directory every worker shares"
+        )
     return RunnerConfig(
         storage=url,
         heartbeat_interval=args.heartbeat_interval,
@@ -92,6 +101,7 @@ def _runner_config(args: argparse.Namespace, url: str) -> Any:
         device=args.device,
         threads=args.threads,
         worker_index=getattr(args, "worker_index", None),
+        artifacts=artifacts,
     )
 
 
@@ -201,6 +211,7 @@ def _run(args: argparse.Namespace, spec: Any, url: str, *, workers: int, quiet: 
     from studies.runner import prepare_campaign, run_campaign
 
     run, backend = backend_runner(args, spec, run_campaign)  # --backend optuna|ray
+    config = _runner_config(args, url, spec)  # checked before anything is written
     info = prepare_campaign(spec, url)
     identity = storage_identity(url)  # the database file the campaign is in (SQLite)
     db = ResultsDB(url)
@@ -211,7 +222,7 @@ def _run(args: argparse.Namespace, spec: Any, url: str, *, workers: int, quiet: 
     try:
         run(
             spec,
-            _runner_config(args, url),
+            config,
             workers=workers,
             spec_arg=spec.source,
             on_event=progress,
@@ -256,6 +267,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             f"campaign {spec.name!r}: workload {spec.workload}, {len(spec.labels)} optimizers x "
             f"{spec.trials} trials, confirm on {spec.confirm_seeds} seeds; storage {mask_url(url)}"
         )
+        from studies.artifacts import resolve_artifacts
+
+        files = resolve_artifacts(url, args.artifacts)
+        print(f"artifacts: {files or 'none (a server database needs --artifacts DIR|s3://BUCKET)'}")
     _run(args, spec, url, workers=args.workers, quiet=args.quiet)
     print(format_compare(compare_frame(url, spec.name)))
     return 0
@@ -268,11 +283,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     spec = _load_spec(args)
     _check_run_flags(args, spec)
     url = _storage(args)
+    config = _runner_config(args, url, spec)  # checked before anything is written
     info = prepare_campaign(spec, url)
     progress = Progress(spec, metric=info["metric"], direction=info["direction"], quiet=args.quiet)
     progress.start([])
     try:
-        Worker(spec, _runner_config(args, url), on_event=progress).run()
+        Worker(spec, config, on_event=progress).run()
     finally:
         progress.close()
     return 0
@@ -488,6 +504,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=60,
         metavar="S",
         help="seconds without heartbeat before a trial is failed and retried (default 60)",
+    )
+    p.add_argument(
+        "--artifacts",
+        metavar="LOCATION",
+        help="artifact store: a directory or s3://BUCKET (default: $HVADAM_ARTIFACTS, else "
+        "<database>-artifacts/ beside a SQLite file; none for PostgreSQL)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from studies.artifacts import ARTIFACTS_ENV
 from studies.campaign import CampaignError, campaign_complete, prepare_campaign
 from studies.spec import CampaignSpec
 from studies.storage import STORAGE_ENV, close_pooled_connections
@@ -185,6 +186,8 @@ def run_campaign(
             env = dict(os.environ)
             env.update(envs[i])
             env[STORAGE_ENV] = config.storage
+            if config.artifacts:
+                env[ARTIFACTS_ENV] = config.artifacts
             cmd = [
                 sys.executable,
                 "-m",

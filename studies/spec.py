@@ -11,6 +11,8 @@
     confirm: {seeds: 3}                 # the best config of each optimizer on K fresh seeds
     seed: 0
     device: auto                        # optional: auto | cpu | cuda | cuda:N
+    notes_interval: 60                  # optional: seconds between live-note refreshes
+    artifacts: {checkpoints: false}     # optional: keep each confirm run's final state
 
 Shipped specs live in `studies/specs/` (`available_specs()`); `load_spec` takes a shipped name or
 a path. Every problem raises `SpecError` naming the key and what is allowed, before any trial.
@@ -70,6 +72,9 @@ TOP_KEYS = (
     "resources",
     "max_concurrent",
     "ray",
+    # reporting settings (studies/live.py): not part of the spec hash either
+    "notes_interval",
+    "artifacts",
 )
 REQUIRED = ("name", "workload", "optimizers", "budget")
 BUDGET_KEYS = ("trials", "max_epochs")
@@ -129,6 +134,8 @@ class CampaignSpec:
     base_dir: str | None = None
     # The sampler's options that differ from its defaults (studies/samplers.py).
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    # Live notes and checkpoints (studies/live.py `LiveSettings`); not hashed.
+    live: Any = None
 
     def normalized(self) -> dict[str, Any]:
         """The spec with every default filled in, in one canonical form (what the hash covers)."""
@@ -491,8 +498,21 @@ def parse_spec(
     from studies.execution import parse_execution
 
     execution = parse_execution(data, fail)
+    from studies.live import parse_live
+
+    live = parse_live(data, fail)
+    if live.checkpoints:
+        from studies.workloads import workload_class
+
+        if not workload_class(workload).supports_checkpoints:
+            raise fail(
+                "artifacts.checkpoints",
+                f"workload {workload!r} cannot save its training state; checkpoints need a "
+                f"workload that supports them (e.g. digits-mlp)",
+            )
     return CampaignSpec(
         execution=execution,
+        live=live,
         name=name,
         workload=workload,
         workload_options=options,

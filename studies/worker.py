@@ -34,7 +34,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from search_spaces import SearchSpace
+from studies.artifacts import ARTIFACTS_ENV, resolve_artifacts
 from studies.campaign import CampaignError, quiet_optuna
+from studies.live import LiveNotes
 from studies.results import ResultsDB
 from studies.samplers import make_pruner, make_sampler
 from studies.seeds import confirm_seed, sampler_seed, search_seed
@@ -134,6 +136,8 @@ class RunnerConfig:
     threads: int | None = None  # torch threads per worker (CPU)
     worker_index: int | None = None
     poll_interval: float = 0.5
+    # The artifact store (studies.artifacts); None: $HVADAM_ARTIFACTS, else beside SQLite.
+    artifacts: str | None = None
 
     def __post_init__(self) -> None:
         check_run_settings(
@@ -228,6 +232,14 @@ class Worker:
         self._round = 0
         self._last_stale_check = 0.0
         self._best: dict[str, Any] = {}
+        self.artifacts = resolve_artifacts(cfg.storage, cfg.artifacts)
+        if self.artifacts is None and self.spec.live is not None and self.spec.live.checkpoints:
+            raise CampaignError(
+                f"spec {self.spec.source}: artifacts.checkpoints: needs an artifact store; give "
+                f"one (--artifacts, ${ARTIFACTS_ENV}): {mask_url(cfg.storage)} has no default"
+            )
+        first = self.studies[self.labels[0]]
+        self.live = LiveNotes(self.spec, cfg.storage, first, artifacts=self.artifacts)
 
     def _load(self, name: str, label: str, seed: int) -> optuna.Study:
         return optuna.load_study(
@@ -384,6 +396,7 @@ class Worker:
         event = notes.get("event")
         if event is not None:
             self._emit(event)
+            self.live.run_finished("search", label)
 
     def _search_objective(
         self, label: str, space: SearchSpace, trial: optuna.Trial, notes: dict[str, Any]
@@ -575,8 +588,21 @@ class Worker:
 
         beater = threading.Thread(target=beat, name="hvadam-claim-heartbeat", daemon=True)
         beater.start()
+        final: dict[str, Any] = {}  # the last report's state, for a checkpoint
+
+        def keep_state(rep: Any) -> None:
+            final["state"] = rep.state
+
+        keep = self.spec.live is not None and self.spec.live.checkpoints
         try:
-            outcome = self._run(label, best.params, run_id, seed, phase="confirm")
+            outcome = self._run(
+                label,
+                best.params,
+                run_id,
+                seed,
+                phase="confirm",
+                on_report=keep_state if keep else None,
+            )
         except BaseException:
             # Leave the claim immediately stale, so that the next worker takes it over.
             stop.set()
@@ -592,8 +618,60 @@ class Worker:
                 status="failed",
                 reason="duplicate: this claim was taken over by another worker",
             )
+        if keep and outcome.status == "complete" and final.get("state") is not None:
+            self._upload_checkpoint(label, best, seed, run_id, final["state"]())
         record(self.db, run_id, outcome)
         self._emit(self._event(label, "confirm", outcome, best.number, seed, run_id))
+        self.live.run_finished("confirm", label, confirmed=self._confirmed(label))
+
+    def _upload_checkpoint(
+        self,
+        label: str,
+        best: optuna.trial.FrozenTrial,
+        seed: int,
+        run_id: int,
+        state: dict[str, Any],
+    ) -> None:
+        """Attach a confirm run's final state to its study (a failed upload only warns)."""
+        import sys
+
+        from studies.artifacts import upload_checkpoint
+        from studies.storage import mask_text
+
+        space = self.spaces[label]
+        info = {
+            "optimizer": space.optimizer,
+            "hyperparameters": space.to_hyperparameters(dict(best.params)),
+            "campaign": self.spec.name,
+            "label": label,
+            "seed": seed,
+            "trial": best.number,
+            "run_id": run_id,
+            "workload": {"name": self.spec.workload, "options": self.workload.options},
+        }
+        try:
+            assert self.artifacts is not None  # checked when the worker starts
+            upload_checkpoint(
+                self.artifacts,
+                self.studies[label],
+                campaign=self.spec.name,
+                optimizer=label,
+                seed=seed,
+                state=state,
+                info=info,
+            )
+        except Exception as exc:
+            text = mask_text(f"{type(exc).__name__}: {exc}")
+            print(f"hvadam: warning: checkpoint of {label} seed {seed}: {text}", file=sys.stderr)
+
+    def _confirmed(self, label: str) -> bool:
+        """Whether every confirm seed of `label` is done."""
+        done = {
+            c["slot"]
+            for c in self.db.claims(self.spec.name, "confirm")
+            if c["optimizer"] == label and c["status"] == "done"
+        }
+        return done >= set(range(self.spec.confirm_seeds))
 
     def _all_done(self) -> bool:
         for label in self.labels:

@@ -92,3 +92,66 @@ def test_dashboard_subcommand_serves_until_interrupted(campaign):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert f"on http://127.0.0.1:{port}/dashboard" in err
+
+
+def _metas(url: str, campaign: str, label: str) -> list:
+    import optuna
+
+    study = optuna.load_study(study_name=f"{campaign}/{label}", storage=url)
+    return optuna.artifacts.get_all_artifact_meta(study)
+
+
+def test_report_attaches_its_figures_to_every_study(campaign, tmp_path, capsys):
+    store = tmp_path / "store"
+    args = parser().parse_args(
+        ["report", "cli", "-o", str(tmp_path / "rep"), "--storage", campaign,
+         "--artifacts", str(store)]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
+    assert pngs, "the report wrote no figure"
+    listed = {label: _metas(campaign, "cli", label) for label in ("hvadam", "adam")}
+    for metas in listed.values():
+        assert sorted(m.filename for m in metas if m.filename.endswith(".png")) == pngs
+        assert "report.html" in {m.filename for m in metas}
+    # stored once, listed by both studies
+    assert {m.artifact_id for m in listed["hvadam"]} == {m.artifact_id for m in listed["adam"]}
+    assert len(list(store.iterdir())) == len(pngs) + 1
+    assert f"attached {len(pngs) + 1} files" in capsys.readouterr().out
+
+
+def test_export_from_artifacts_needs_no_database(campaign, tmp_path, capsys):
+    import hvadam
+    from dashboards.artifacts import upload_best_config
+
+    store = tmp_path / "store"
+    upload_best_config(campaign, "cli", "adam", str(store))
+    assert "best-adam.yaml" in {m.filename for m in _metas(campaign, "cli", "adam")}
+    # a database nobody can reach: the store alone answers
+    nowhere = "postgresql://nobody:pw@127.0.0.1:9/none"
+    args = parser().parse_args(
+        ["export", "cli", "--from-artifacts", "--optimizer", "adam", "--storage", nowhere,
+         "--artifacts", str(store), "-o", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    path = tmp_path / "out" / "adam.yaml"
+    doc = yaml.safe_load(path.read_text())
+    assert doc["optimizer"] == "adam" and doc["provenance"]["phase"] == "confirm"
+    import torch
+
+    opt = hvadam.load_optimizer([torch.nn.Parameter(torch.zeros(2))], path)
+    assert opt.defaults["lr"] == pytest.approx(doc["hyperparameters"]["lr"])
+    with pytest.raises(ValueError, match="needs --optimizer"):
+        args = parser().parse_args(["export", "cli", "--from-artifacts", "--storage", nowhere])
+        args.func(args)
+    with pytest.raises(ValueError, match="not in the artifact store"):
+        args = parser().parse_args(
+            ["export", "cli", "--from-artifacts", "--optimizer", "hvadam", "--storage", nowhere,
+             "--artifacts", str(store)]
+        )  # fmt: skip
+        args.func(args)
+    with pytest.raises(ValueError, match="no artifact store"):
+        args = parser().parse_args(
+            ["export", "cli", "--from-artifacts", "--optimizer", "adam", "--storage", nowhere]
+        )
+        args.func(args)

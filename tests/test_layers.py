@@ -13,7 +13,7 @@ from helpers import ROOT
 import studies
 from studies import api
 
-PUBLIC = {"studies.api", "studies.results"}
+PUBLIC = {"studies.api", "studies.artifacts", "studies.results"}
 
 
 def contract(name_start: str) -> dict:

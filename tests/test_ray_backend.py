@@ -104,6 +104,7 @@ def test_ray_trials_land_in_the_campaign_studies_with_the_default_config_first(c
         ]
         assert all(t.user_attrs["backend"] == "ray" for t in trials)
         assert s.user_attrs["spec_hash"] == spec.spec_hash
+        assert s.metric_names == ["val_accuracy"]  # named for the dashboard
 
 
 def test_ray_results_rows_have_the_shape_of_the_optuna_backend_rows(campaigns):

@@ -59,6 +59,16 @@ def run(spec, url: str, workers: int = 1, **config) -> None:
     run_campaign(spec, RunnerConfig(storage=url, **config), workers=workers)
 
 
+def test_a_resumed_campaign_names_the_metric_of_studies_made_without_it(sqlite_url, tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    prepare_campaign(spec, sqlite_url)
+    for study in studies_of(sqlite_url, spec).values():
+        study.set_metric_names(["Objective 0"])  # as a study made by an older version reads
+    prepare_campaign(spec, sqlite_url)
+    for study in studies_of(sqlite_url, spec).values():
+        assert study.metric_names == ["function_value"]
+
+
 def test_campaign_makes_one_tagged_study_per_optimizer_with_defaults_first(storage_url, tmp_path):
     spec = load_spec(write_spec(tmp_path, VALLEY))
     run(spec, storage_url)
@@ -69,6 +79,9 @@ def test_campaign_makes_one_tagged_study_per_optimizer_with_defaults_first(stora
         assert attrs["campaign"] == "camp" and attrs["workload"] == "valley2d"
         assert attrs["optimizer"] == label and attrs["spec_hash"] == spec.spec_hash
         assert attrs["spec"] == spec.normalized()
+        assert study.metric_names == ["function_value"]  # the dashboard names the metric
+        # intermediate values keep the report's index (the epoch, here 5 steps each) as step
+        assert sorted(study.trials[0].intermediate_values) == [1, 2, 3, 4]
         assert study.direction == optuna.study.StudyDirection.MINIMIZE
         trials = study.get_trials()
         assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)

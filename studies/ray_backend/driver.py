@@ -143,13 +143,17 @@ def run_campaign_ray(
                 asks[label] = max(0, spec.trials - counts.used) + counts.waiting
                 used[label] = counts.used - counts.waiting
             if sum(asks.values()) or not campaign_complete(spec, config.storage):
-                runner = RunnerConfig(storage=config.storage, device=config.device)
+                runner = RunnerConfig(
+                    storage=config.storage, device=config.device, artifacts=config.artifacts
+                )
                 _search(spec, runner, execution, asks, used, driver.workload, experiments, poll)
             # Confirm runs left open (a confirm trial that failed): run them as Ray tasks.
             if not campaign_complete(spec, config.storage):
                 _confirm(
                     spec,
-                    RunnerConfig(storage=config.storage, device=config.device),
+                    RunnerConfig(
+                        storage=config.storage, device=config.device, artifacts=config.artifacts
+                    ),
                     execution,
                     poll,
                 )

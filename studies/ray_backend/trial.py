@@ -164,6 +164,7 @@ class RayTrialWorker(Worker):
         for key, value in trial_user_attrs(outcome).items():
             self.rdb.set_trial_user_attr(trial_id, key, value)
         record(self.db, run_id, outcome, extras={"pbt_lineage": lineage} if lineage else None)
+        self.live.run_finished("search", label)
         # Tune's side of the outcome: its last report, which ends the trial.
         reported = outcome.value if is_finite_number(outcome.value) else last["value"]
         if not is_finite_number(reported):
@@ -189,7 +190,13 @@ def _worker(spec: CampaignSpec, config: RunnerConfig, execution: Execution) -> R
     key = (spec.spec_hash, config.storage, threads, config.device)
     if key not in _WORKERS:
         _WORKERS[key] = RayTrialWorker(
-            spec, RunnerConfig(storage=config.storage, threads=threads, device=config.device)
+            spec,
+            RunnerConfig(
+                storage=config.storage,
+                threads=threads,
+                device=config.device,
+                artifacts=config.artifacts,
+            ),
         )
     return _WORKERS[key]
 
