@@ -60,7 +60,7 @@ def run(spec, url: str, workers: int = 1, **config) -> None:
 
 
 def test_a_resumed_campaign_names_the_metric_of_studies_made_without_it(sqlite_url, tmp_path):
-    spec = load_spec(write_spec(tmp_path))
+    spec = load_spec(write_spec(tmp_path, VALLEY))
     prepare_campaign(spec, sqlite_url)
     for study in studies_of(sqlite_url, spec).values():
         study.set_metric_names(["Objective 0"])  # as a study made by an older version reads
