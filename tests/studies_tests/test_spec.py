@@ -161,7 +161,7 @@ def test_env_references_expand_at_run_time_but_not_in_the_hash(monkeypatch):
 
 def test_load_spec_takes_a_path_with_a_user_space_file_beside_it(tmp_path: Path):
     space = yaml.safe_load(
-        (Path(__file__).resolve().parents[1] / "search_spaces/spaces/adam.yaml").read_text()
+        (Path(__file__).resolve().parents[2] / "search_spaces/spaces/adam.yaml").read_text()
     )
     (tmp_path / "my_adam.yaml").write_text(yaml.safe_dump(space))
     data = spec_with(optimizers={"adam-mine": {"space": "my_adam.yaml"}, "hvadam": {}})

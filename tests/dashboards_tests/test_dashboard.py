@@ -22,7 +22,7 @@ from dashboards.notes import annotate_studies
 from dashboards.server import start_dashboard
 from dashboards.synthetic import write_synthetic_campaign
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGN = "dash"
 OPTIMIZERS = ("hvadam", "anon", "adam")
 

@@ -155,7 +155,7 @@ def test_a_local_ray_listens_on_the_loopback_interface_only(tmp_path):
 
     pytest.importorskip("ray")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     proc = subprocess.run(
         [sys.executable, "-c", _LISTENERS],
         capture_output=True,

@@ -394,7 +394,7 @@ for i in range(40):
 
 def test_several_processes_write_to_one_sqlite_file_without_lock_errors(sqlite_url):
     _db(sqlite_url)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WRITER, sqlite_url],

@@ -34,7 +34,7 @@ from studies.workloads import (
     resolve_workload,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A least-squares fit whose gradient steps are easy to follow; the function form also makes
 # the run diverge (NaN) when the learning rate is huge, to check that it is pruned with reason.

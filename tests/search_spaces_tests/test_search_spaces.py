@@ -167,7 +167,7 @@ def test_importing_the_package_loads_neither_optuna_nor_ray_nor_the_registry() -
         capture_output=True,
         text=True,
         check=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert out.stdout.strip() == ""
 
@@ -707,7 +707,7 @@ def test_registry_accepts_every_shipped_space(name: str) -> None:
 
 
 def test_documented_example_file_is_valid(tmp_path: Path) -> None:
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "search_spaces.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "search_spaces.md").read_text()
     example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     space = load_space(write(tmp_path, example))
     assert space.params["gamma"].when == {"noise_aware": (True,)}

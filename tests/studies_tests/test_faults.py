@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_spec(folder: Path, **changes) -> Path:
