@@ -15,7 +15,8 @@ import optuna
 from optuna.trial import TrialState
 
 from studies.results import ResultsDB
-from studies.spec import CampaignSpec, check_space_values
+from studies.space_check import check_space_values
+from studies.spec import CampaignSpec
 from studies.storage import CampaignLock, check_storage_url, connect_check, mask_url, optuna_storage
 
 __all__ = ["CampaignError", "campaign_complete", "prepare_campaign", "quiet_optuna"]

@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import json
-import math
 import os
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from studies.formatting import format_compare, format_number, table
 from studies.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
@@ -56,7 +55,7 @@ def _storage(args: argparse.Namespace, *, read_only: bool = False) -> str:
 def _check_run_flags(args: argparse.Namespace, spec: Any) -> None:
     """Every run flag checked before the storage is opened or anything is written."""
     from studies.ray_cli import check_backend_args
-    from studies.worker import check_device, check_run_settings
+    from studies.run_settings import check_device, check_run_settings
 
     check_run_settings(
         heartbeat_interval=args.heartbeat_interval,
@@ -103,94 +102,6 @@ def _runner_config(args: argparse.Namespace, url: str, spec: Any = None) -> Any:
         worker_index=getattr(args, "worker_index", None),
         artifacts=artifacts,
     )
-
-
-def _fmt(value: Any, digits: int = 5) -> str:
-    if value is None:
-        return "-"
-    try:
-        if isinstance(value, float) and math.isnan(value):
-            return "-"
-    except TypeError:
-        pass
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
-    ]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    return "\n".join(lines)
-
-
-def _std(std: float, mean: float) -> float:
-    # Deterministic workloads give identical confirm values; show 0, not rounding noise.
-    if isinstance(std, float) and not math.isnan(std) and std <= 1e-12 * max(1.0, abs(mean)):
-        return 0.0
-    return std
-
-
-def _json_value(value: Any) -> Any:
-    """A frame cell as JSON: numbers at full precision (repr), NaN as null."""
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        value = value.item()  # NumPy scalars
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str, list, dict)):
-        return value
-    return str(value)
-
-
-def format_compare(frame: Any, fmt: str = "table") -> str:
-    """The comparison frame as an aligned text table, CSV or JSON."""
-    if fmt == "csv":
-        return frame.to_csv(index=False).rstrip("\n")
-    if fmt == "json":
-        # Full precision (pandas' `to_json` keeps 10 digits: 3.2e-11 would become 0.0).
-        records = [
-            {key: _json_value(value) for key, value in rec.items()}
-            for rec in frame.to_dict(orient="records")
-        ]
-        return json.dumps(records, indent=2, allow_nan=False)
-    if frame.empty:
-        return "(no optimizers)"
-    metric = frame["metric"].iloc[0]
-    arrow = "higher" if frame["direction"].iloc[0] == "maximize" else "lower"
-    headers = [
-        "rank",
-        "optimizer",
-        f"best search {metric}",
-        f"confirm {metric} mean",
-        "std",
-        "seeds",
-        "complete",
-        "pruned",
-        "failed",
-        "compute s",
-    ]
-    rows = []
-    for i, rec in enumerate(frame.to_dict(orient="records"), start=1):
-        rows.append(
-            [
-                str(i),
-                rec["optimizer"],
-                _fmt(rec["best_value"]),
-                _fmt(rec["confirm_mean"]),
-                _fmt(_std(rec["confirm_std"], rec["confirm_mean"]), 2),
-                str(rec["confirm_seeds"]),
-                str(rec["trials_complete"]),
-                str(rec["trials_pruned"]),
-                str(rec["trials_failed"]),
-                f"{rec['compute_time']:.1f}",
-            ]
-        )
-    return _table(headers, rows) + f"\n({arrow} {metric} is better; ranked by the confirm mean)"
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -318,7 +229,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "done" if all(r["phase"] == "done" for r in st) else "running/incomplete",
                 ]
             )
-        print(_table(["campaign", "workload", "optimizers", "search", "confirm", "state"], rows))
+        print(table(["campaign", "workload", "optimizers", "search", "confirm", "state"], rows))
         return 0
     if db.campaign(args.campaign) is None:
         raise UsageError(f"no campaign {args.campaign!r} in {mask_url(url)}")
@@ -332,13 +243,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             str(r["pruned"]),
             str(r["failed"]),
             str(r["running"]),
-            _fmt(r["best"]),
+            format_number(r["best"]),
             f"{r['confirm_done']}/{r['confirm_seeds']}",
         ]
         for r in st
     ]
     print(
-        _table(
+        table(
             [
                 "optimizer",
                 "phase",
@@ -382,7 +293,7 @@ def cmd_specs(args: argparse.Namespace) -> int:
                 spec.description,
             ]
         )
-    print(_table(["spec", "workload", "optimizers", "trials", "seeds", "description"], rows))
+    print(table(["spec", "workload", "optimizers", "trials", "seeds", "description"], rows))
     return 0
 
 
@@ -393,7 +304,7 @@ def cmd_spaces(args: argparse.Namespace) -> int:
     for name in available_spaces():
         space = load_space(name)
         rows.append([name, space.optimizer, ", ".join(space.distributions())])
-    print(_table(["space", "optimizer", "tuned parameters"], rows))
+    print(table(["space", "optimizer", "tuned parameters"], rows))
     return 0
 
 
@@ -422,8 +333,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
     from studies.results import compare_frame
+    from studies.run_settings import check_device, check_run_settings
     from studies.spec import MAX_CONFIRM_SEEDS
-    from studies.worker import check_device, check_run_settings
 
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be an integer >= 1, got {args.trials}")

@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -34,16 +34,26 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from search_spaces import SearchSpace
-from studies.artifacts import ARTIFACTS_ENV, resolve_artifacts
+from studies.artifacts import ARTIFACTS_ENV, resolve_artifacts, upload_checkpoint
 from studies.campaign import CampaignError, quiet_optuna
+from studies.events import Counts, Event
 from studies.live import LiveNotes
 from studies.results import ResultsDB
+from studies.results.claims import confirmed, open_slots
+from studies.run_settings import (
+    MAX_RETRY,
+    RunnerConfig,
+    check_device,
+    check_run_settings,
+    resolve_device,
+)
 from studies.samplers import make_pruner, make_sampler
 from studies.seeds import confirm_seed, sampler_seed, search_seed
 from studies.spec import CampaignSpec
 from studies.storage import (
     CampaignLock,
     check_storage_identity,
+    mask_text,
     mask_url,
     optuna_storage,
     storage_identity,
@@ -65,113 +75,6 @@ __all__ = [
     "check_run_settings",
     "resolve_device",
 ]
-
-MAX_RETRY = 3
-
-
-def check_run_settings(
-    *,
-    heartbeat_interval: int,
-    grace_period: int,
-    threads: int | None = None,
-    device: str | None = None,
-) -> None:
-    """Refuse settings no worker can run with; the message names the command-line flag.
-
-    A grace period of at most two heartbeat intervals would let a worker declare a live
-    neighbour lost between two of its heartbeats, and the two would take a run from each other
-    forever: the grace period must exceed twice the interval.
-    """
-    from studies.spec import DEVICE_RE
-
-    for flag, value in (
-        ("--heartbeat-interval", heartbeat_interval),
-        ("--grace-period", grace_period),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise CampaignError(f"{flag} must be a whole number of seconds >= 1, got {value!r}")
-    if grace_period <= 2 * heartbeat_interval:
-        raise CampaignError(
-            f"--grace-period {grace_period} must be more than twice --heartbeat-interval "
-            f"{heartbeat_interval} (a live worker would otherwise be taken for a lost one); "
-            f"use --grace-period {2 * heartbeat_interval + 1} or more"
-        )
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-    ):
-        raise CampaignError(f"--threads must be an integer >= 1, got {threads!r}")
-    if device is not None and (not isinstance(device, str) or not DEVICE_RE.fullmatch(device)):
-        raise CampaignError(f"--device must be one of auto, cpu, cuda, cuda:N, mps; got {device!r}")
-
-
-def check_device(device: str, *, what: str = "device") -> None:
-    """Refuse a device this machine does not have (`cuda` without CUDA, `cuda:3` of two GPUs)."""
-    if device in ("auto", "cpu"):
-        return
-    import torch
-
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise CampaignError(
-                f"{what} {device!r}: CUDA is not available on this machine; use cpu or auto"
-            )
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise CampaignError(
-                f"{what} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif device == "mps" and not torch.backends.mps.is_available():
-        raise CampaignError(f"{what} 'mps': MPS is not available on this machine; use cpu or auto")
-
-
-@dataclass
-class RunnerConfig:
-    """How workers run (not part of the spec, so not part of its hash)."""
-
-    storage: str
-    heartbeat_interval: int = 10  # seconds between heartbeats of a running trial
-    grace_period: int = 60  # seconds without heartbeat before a trial counts as lost
-    max_retry: int = MAX_RETRY
-    device: str | None = None  # overrides the spec's device
-    threads: int | None = None  # torch threads per worker (CPU)
-    worker_index: int | None = None
-    poll_interval: float = 0.5
-    # The artifact store (studies.artifacts); None: $HVADAM_ARTIFACTS, else beside SQLite.
-    artifacts: str | None = None
-
-    def __post_init__(self) -> None:
-        check_run_settings(
-            heartbeat_interval=self.heartbeat_interval,
-            grace_period=self.grace_period,
-            threads=self.threads,
-            device=self.device,
-        )
-
-
-@dataclass
-class Counts:
-    used: int = 0  # budget used: every trial except heartbeat retries
-    waiting: int = 0
-    running: int = 0
-    finished: int = 0
-
-    def search_finished(self, budget: int) -> bool:
-        return self.used >= budget and self.waiting == 0 and self.running == 0
-
-
-@dataclass
-class Event:
-    """A finished run, as the progress display sees it."""
-
-    optimizer: str
-    phase: str
-    status: str
-    value: float | None
-    trial_number: int | None
-    seed: int
-    wall_time: float | None = None
-    reason: str | None = None
-    run_id: int | None = None
 
 
 @dataclass
@@ -549,19 +452,19 @@ class Worker:
         k = len(self.labels)
         for j in range(k):
             label = self.labels[(j + self.index) % k]
-            open_slots = _open_slots(
+            slots = open_slots(
                 [c for c in claims if c["optimizer"] == label],
                 seeds,
                 lambda c: now - c["heartbeat_at"] > self.config.grace_period,
             )
-            if open_slots is None:
+            if slots is None:
                 continue
             if not self.counts(label).search_finished(self.spec.trials):
                 continue
             best = self._best_trial(label)
             if best is None:
                 continue
-            for slot in open_slots:
+            for slot in slots:
                 taken = self.db.claim(
                     campaign=self.spec.name,
                     optimizer=label,
@@ -633,11 +536,6 @@ class Worker:
         state: dict[str, Any],
     ) -> None:
         """Attach a confirm run's final state to its study (a failed upload only warns)."""
-        import sys
-
-        from studies.artifacts import upload_checkpoint
-        from studies.storage import mask_text
-
         space = self.spaces[label]
         info = {
             "optimizer": space.optimizer,
@@ -666,12 +564,8 @@ class Worker:
 
     def _confirmed(self, label: str) -> bool:
         """Whether every confirm seed of `label` is done."""
-        done = {
-            c["slot"]
-            for c in self.db.claims(self.spec.name, "confirm")
-            if c["optimizer"] == label and c["status"] == "done"
-        }
-        return done >= set(range(self.spec.confirm_seeds))
+        seeds = self.spec.confirm_seeds
+        return confirmed(self.db.claims(self.spec.name, "confirm"), label, seeds) >= seeds
 
     def _all_done(self) -> bool:
         for label in self.labels:
@@ -688,39 +582,6 @@ class Worker:
         return True
 
 
-def confirmed(claims: list[dict[str, Any]], label: str, seeds: int) -> int:
-    """How many of `label`'s confirm slots 0..seeds-1 are done (one pass over the claims)."""
-    return sum(
-        1
-        for c in claims
-        if c["optimizer"] == label and c["status"] == "done" and 0 <= c["slot"] < seeds
-    )
-
-
-def _open_slots(
-    claims: list[dict[str, Any]], seeds: int, stale: Callable[[dict[str, Any]], bool]
-) -> Iterator[int] | None:
-    """The slots a worker may claim, stale ones first; None when there is none.
-
-    Works from the claims that exist (never a pass over all `seeds` slots): the stale running
-    ones, then the free slots in order, produced lazily as the worker tries them.
-    """
-    taken = {c["slot"] for c in claims}
-    retake = sorted(c["slot"] for c in claims if c["status"] == "running" and stale(c))
-    if not retake and len([s for s in taken if 0 <= s < seeds]) >= seeds:
-        return None
-
-    def free() -> Iterator[int]:
-        yield from retake
-        slot = 0
-        while slot < seeds:
-            if slot not in taken:
-                yield slot
-            slot += 1
-
-    return free()
-
-
 def _raise_interrupted(signum: int, frame: Any) -> None:
     # Ctrl-C and SIGTERM (a scheduler stopping the job) stop the worker the same way, leaving
     # the work resumable. Further signals are ignored while it puts its trial back (Ctrl-C
@@ -735,11 +596,3 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 def _ignore(signum: int, frame: Any) -> None:
     pass
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +19,7 @@ from studies.results.provenance import worker_name
 from studies.results.schema import ClaimRow, RunRow
 from studies.storage import read_connection, with_retries
 
-__all__ = ["ConfirmClaims"]
+__all__ = ["ConfirmClaims", "confirmed", "open_slots"]
 
 
 class ConfirmClaims:
@@ -130,3 +131,36 @@ class ConfirmClaims:
     def abandon_claim(self, claim_id: int, token: str) -> bool:
         """Leave a claim immediately stale (an interrupted run), so that the next worker takes it."""
         return self._update_claim(claim_id, token, heartbeat_at=0.0)
+
+
+def confirmed(claims: list[dict[str, Any]], label: str, seeds: int) -> int:
+    """How many of `label`'s confirm slots 0..seeds-1 are done (one pass over the claims)."""
+    return sum(
+        1
+        for c in claims
+        if c["optimizer"] == label and c["status"] == "done" and 0 <= c["slot"] < seeds
+    )
+
+
+def open_slots(
+    claims: list[dict[str, Any]], seeds: int, stale: Callable[[dict[str, Any]], bool]
+) -> Iterator[int] | None:
+    """The slots a worker may claim, stale ones first; None when there is none.
+
+    Works from the claims that exist (never a pass over all `seeds` slots): the stale running
+    ones, then the free slots in order, produced lazily as the worker tries them.
+    """
+    taken = {c["slot"] for c in claims}
+    retake = sorted(c["slot"] for c in claims if c["status"] == "running" and stale(c))
+    if not retake and len([s for s in taken if 0 <= s < seeds]) >= seeds:
+        return None
+
+    def free() -> Iterator[int]:
+        yield from retake
+        slot = 0
+        while slot < seeds:
+            if slot not in taken:
+                yield slot
+            slot += 1
+
+    return free()

@@ -322,7 +322,7 @@ def test_an_override_the_optimizer_refuses_fails_at_spec_load_naming_the_key(
 
 def test_every_shipped_space_passes_the_optimizer_check():
     from search_spaces import available_spaces, load_space
-    from studies.spec import check_space_values
+    from studies.space_check import check_space_values
 
     for name in available_spaces():
         check_space_values("shipped", name, load_space(name))
@@ -495,7 +495,7 @@ def test_confirm_seeds_are_bounded(tmp_path):
 
 
 def test_the_claim_lookup_does_not_walk_every_seed_slot():
-    from studies.worker import _open_slots
+    from studies.results.claims import open_slots as _open_slots
 
     seeds = 10**12  # far beyond the bound: the lookup must not depend on it
     claims = [
@@ -691,7 +691,7 @@ def test_compare_json_keeps_tiny_values():
 
     import pandas as pd
 
-    from studies.cli import format_compare
+    from studies.formatting import format_compare
 
     frame = pd.DataFrame(
         [{"optimizer": "a", "best_value": 3.2e-11, "confirm_std": float("nan"), "n": 3}]

@@ -1,0 +1,98 @@
+"""Tables the command line prints: plain text columns, and the comparison as a table, CSV or
+JSON (full precision)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+__all__ = ["format_compare", "format_number", "table"]
+
+
+def format_number(value: Any, digits: int = 5) -> str:
+    if value is None:
+        return "-"
+    try:
+        if isinstance(value, float) and math.isnan(value):
+            return "-"
+    except TypeError:
+        pass
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def _std(std: float, mean: float) -> float:
+    # Deterministic workloads give identical confirm values; show 0, not rounding noise.
+    if isinstance(std, float) and not math.isnan(std) and std <= 1e-12 * max(1.0, abs(mean)):
+        return 0.0
+    return std
+
+
+def _json_value(value: Any) -> Any:
+    """A frame cell as JSON: numbers at full precision (repr), NaN as null."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()  # NumPy scalars
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str, list, dict)):
+        return value
+    return str(value)
+
+
+def format_compare(frame: Any, fmt: str = "table") -> str:
+    """The comparison frame as an aligned text table, CSV or JSON."""
+    if fmt == "csv":
+        return frame.to_csv(index=False).rstrip("\n")
+    if fmt == "json":
+        # Full precision (pandas' `to_json` keeps 10 digits: 3.2e-11 would become 0.0).
+        records = [
+            {key: _json_value(value) for key, value in rec.items()}
+            for rec in frame.to_dict(orient="records")
+        ]
+        return json.dumps(records, indent=2, allow_nan=False)
+    if frame.empty:
+        return "(no optimizers)"
+    metric = frame["metric"].iloc[0]
+    arrow = "higher" if frame["direction"].iloc[0] == "maximize" else "lower"
+    headers = [
+        "rank",
+        "optimizer",
+        f"best search {metric}",
+        f"confirm {metric} mean",
+        "std",
+        "seeds",
+        "complete",
+        "pruned",
+        "failed",
+        "compute s",
+    ]
+    rows = []
+    for i, rec in enumerate(frame.to_dict(orient="records"), start=1):
+        rows.append(
+            [
+                str(i),
+                rec["optimizer"],
+                format_number(rec["best_value"]),
+                format_number(rec["confirm_mean"]),
+                format_number(_std(rec["confirm_std"], rec["confirm_mean"]), 2),
+                str(rec["confirm_seeds"]),
+                str(rec["trials_complete"]),
+                str(rec["trials_pruned"]),
+                str(rec["trials_failed"]),
+                f"{rec['compute_time']:.1f}",
+            ]
+        )
+    return table(headers, rows) + f"\n({arrow} {metric} is better; ranked by the confirm mean)"
