@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 from socketserver import ThreadingMixIn
@@ -133,6 +134,11 @@ def serve_dashboard(
         file=out,
         flush=True,
     )
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C and SIGTERM stop it, also where it started with SIGINT ignored (a job a
+        # non-interactive shell put in the background), as `hvadam worker` does.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
