@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULTS",
@@ -143,6 +144,8 @@ def load_schedule(
     its ``schedule:`` key gives the schedule, and a config without one gives a constant
     schedule. Call ``scheduler.step()`` once after each ``optimizer.step()``.
     """
+    import torch
+
     from hvadam.config import load_config
 
     validated = load_config(config)
