@@ -206,11 +206,6 @@ class SearchSpace:
                 values[name.removeprefix("schedule.")] = _plain(params[name])
         return check_schedule(values, source=f"{self.source}: schedule")
 
-    @property
-    def schedule_fixed(self) -> Mapping[str, Any] | None:
-        """The schedule fields this space fixes, or None when it has no schedule block."""
-        return None if self._schedule is None else MappingProxyType(self._schedule)
-
     def default_params(self) -> dict[str, Any]:
         """The optimizer's defaults as params of this space (a study's first, enqueued trial)."""
         values: dict[str, Any] = {}
