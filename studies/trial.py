@@ -176,7 +176,7 @@ def run_trial(
     if make_optimizer.schedule is not None:
         if not make_optimizer.schedule_applied:
             return Outcome("failed", reason=_unapplied(workload), wall_time=wall)
-        result.extras = {**result.extras, "schedule": make_optimizer.schedule}
+        result.extras = {**(result.extras or {}), "schedule": make_optimizer.schedule}
     value = float(result.value)
     if not math.isfinite(value):
         return Outcome(
