@@ -5,7 +5,9 @@ fresh seeds: the metric is their mean and standard deviation), else the best sea
 (one value, no spread). The file follows format `hvadam-config/1` (docs/architecture.md):
 the optimizer, every hyperparameter including defaults, and, for information, the workload,
 the metric and the provenance (campaign, study, trial, masked storage URL, library versions of
-the run, date of the export).
+the run, date of the export). When the campaign searched a learning-rate schedule, the run's
+schedule (stored in its `extras["schedule"]`) is written under `schedule:`, which
+`hvadam.load_schedule` rebuilds (docs/schedules.md).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def best_config(data: CampaignData, label: str) -> dict[str, Any]:
             "format": FORMAT,
             "optimizer": optimizer,
             "hyperparameters": _full_hyperparameters(optimizer, dict(row["hyperparameters"])),
+            **_schedule(row),
             "workload": {"name": data.workload, "options": dict(data.workload_options)},
             "metric": {
                 "name": data.metric,
@@ -99,6 +102,13 @@ def best_config(data: CampaignData, label: str) -> dict[str, Any]:
 
     hvadam.load_config(doc)  # the format's own validation: what we write, load_optimizer reads
     return doc
+
+
+def _schedule(row: Any) -> dict[str, Any]:
+    """``{"schedule": ...}`` when the run trained with a searched schedule, else {}."""
+    extras = row.get("extras")
+    schedule = extras.get("schedule") if isinstance(extras, dict) else None
+    return {"schedule": dict(schedule)} if isinstance(schedule, dict) else {}
 
 
 def _full_hyperparameters(optimizer: str, hp: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +148,11 @@ def render(doc: dict[str, Any], fmt: str) -> str:
             f"({doc['provenance']['phase']} phase).\n"
             f"# Load it with: hvadam.load_optimizer(model.parameters(), 'this-file.yaml')\n"
         )
+        if "schedule" in doc:
+            header += (
+                "# and its learning-rate schedule with: "
+                "hvadam.load_schedule(optimizer, 'this-file.yaml', total_steps)\n"
+            )
         return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
     raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 

@@ -4,6 +4,7 @@ A training script needs only this package::
 
     import hvadam
     opt = hvadam.load_optimizer(model.parameters(), "best.yaml")
+    schedule = hvadam.load_schedule(opt, "best.yaml", total_steps)  # step() after each step
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ _EXPORTS = {
     "load_optimizer": "hvadam.config",
     "load_config": "hvadam.config",
     "dump_config": "hvadam.config",
+    "load_schedule": "hvadam.schedules",
+    "lr_lambda": "hvadam.schedules",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -1,11 +1,14 @@
 """Optimizer config files (``format: hvadam-config/1``, YAML or JSON): load, validate, write, build.
 
 A config names a registered optimizer and its hyperparameters; ``workload``, ``metric`` and
-``provenance`` are informational (written by ``hvadam export``) and ignored when building::
+``provenance`` are informational (written by ``hvadam export``) and ignored when building.
+An optional ``schedule`` gives the learning-rate schedule (`hvadam.load_schedule`,
+docs/schedules.md)::
 
     format: hvadam-config/1
     optimizer: hvadam
     hyperparameters: {lr: 0.003, betas: [0.9, 0.999]}
+    schedule: {kind: cosine, warmup: 0.05, min_lr_ratio: 0.1}
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ __all__ = ["FORMAT", "ConfigError", "dump_config", "load_config", "load_optimize
 
 FORMAT = "hvadam-config/1"
 REQUIRED_KEYS = ("optimizer", "hyperparameters")
-OPTIONAL_KEYS = ("format", "workload", "metric", "provenance")
+OPTIONAL_KEYS = ("format", "workload", "metric", "provenance", "schedule")
 _YAML_SUFFIXES = (".yaml", ".yml")
 _JSON_SUFFIXES = (".json",)
 
@@ -133,6 +136,13 @@ def _validate(document: Any, source: str) -> dict[str, Any]:
             raise ConfigError(f"{source}: key {key!r} must be a mapping")
     validated = dict(document)
     validated["hyperparameters"] = dict(hyperparameters)
+    if "schedule" in document:
+        from hvadam.schedules import ScheduleError, check_schedule
+
+        try:
+            validated["schedule"] = check_schedule(document["schedule"])
+        except ScheduleError as exc:
+            raise ConfigError(f"{source}: key {exc}") from None
     return validated
 
 

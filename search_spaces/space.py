@@ -51,6 +51,7 @@ class SearchSpace:
         fixed: Mapping[str, Any],
         source: str,
         description: str | None = None,
+        schedule: Mapping[str, Any] | None = None,
     ) -> None:
         self.optimizer = optimizer
         # Plain dicts behind read-only views, so that a space pickles (Ray ships it to workers).
@@ -58,6 +59,9 @@ class SearchSpace:
         self._fixed = dict(fixed)
         self.source = source
         self.description = description
+        # The learning-rate schedule's fixed fields (search_spaces/schedule.py); None: no
+        # schedule block, so `to_schedule` gives None.
+        self._schedule = None if schedule is None else dict(schedule)
 
     def __repr__(self) -> str:
         return (
@@ -188,6 +192,20 @@ class SearchSpace:
         flat.update(self.fixed)
         return _assemble(flat)
 
+    def to_schedule(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The learning-rate schedule of sampled params (`hvadam.schedules`, complete with its
+        defaults), or None when the space has no schedule block. Only the active
+        ``schedule.<field>`` params are read; `to_hyperparameters` never includes them."""
+        if self._schedule is None:
+            return None
+        from hvadam.schedules import check_schedule
+
+        values = dict(self._schedule)
+        for name in self.active(params):
+            if name.startswith("schedule.") and name in params:
+                values[name.removeprefix("schedule.")] = _plain(params[name])
+        return check_schedule(values, source=f"{self.source}: schedule")
+
     def default_params(self) -> dict[str, Any]:
         """The optimizer's defaults as params of this space (a study's first, enqueued trial)."""
         values: dict[str, Any] = {}
@@ -211,6 +229,8 @@ class SearchSpace:
             lines.append(text)
         for name, value in self.fixed.items():
             lines.append(f"  {name} = {value!r} (fixed)")
+        for name, value in (self._schedule or {}).items():
+            lines.append(f"  schedule.{name} = {value!r} (fixed)")
         return "\n".join(lines)
 
 

@@ -13,6 +13,8 @@
     device: auto                        # optional: auto | cpu | cuda | cuda:N
     notes_interval: 60                  # optional: seconds between live-note refreshes
     artifacts: {checkpoints: false}     # optional: keep each confirm run's final state
+    schedule: true                      # optional: search a learning-rate schedule too
+                                        # (docs/schedules.md); an optimizer entry may give its own
 
 Shipped specs live in `studies/specs/` (`available_specs()`); `load_spec` takes a shipped name or
 a path. Every problem raises `SpecError` naming the key and what is allowed, before any trial.
@@ -26,7 +28,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from typing import Any
 import yaml
 
 from hvadam.yamlfile import DuplicateKeyError, load_yaml
+from search_spaces.schedule import spec_block
 from studies.samplers import PRUNERS as _PRUNER_TABLE
 from studies.samplers import SAMPLERS as _SAMPLER_TABLE
 from studies.samplers import parse_pruner, parse_sampler
@@ -67,6 +70,7 @@ TOP_KEYS = (
     "confirm",
     "seed",
     "device",
+    "schedule",
     # execution settings (studies/execution.py): not part of the spec hash
     "resources",
     "max_concurrent",
@@ -102,12 +106,18 @@ class OptimizerEntry:
     space: str  # a shipped space name or a path, as written in the spec
     overrides: dict[str, Any] = field(default_factory=dict)
     space_file: str | None = None  # `space` resolved against the spec's directory
+    schedule: Any = None  # this entry's own `schedule:` block as written (None: not given)
+    spec_schedule: Any = None  # the spec's top-level `schedule:`, used when it has none
 
     def load_space(self) -> Any:
-        """The `SearchSpace` of this entry (shipped or user file, with the overrides applied)."""
+        """The `SearchSpace` of this entry (shipped or user file, with the overrides applied,
+        and the learning-rate schedule block searched with it, if any)."""
         from search_spaces import load_space
+        from search_spaces.schedule import with_schedule
 
-        return load_space(self.space_file or self.space, overrides=self.overrides or None)
+        space = load_space(self.space_file or self.space, overrides=self.overrides or None)
+        block = self.spec_schedule if self.schedule is None else self.schedule
+        return with_schedule(space, block, source=f"{space.source} (schedule)")
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,8 @@ class CampaignSpec:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     # Live notes and checkpoints (studies/live.py `LiveSettings`); not hashed.
     live: Any = None
+    # The top-level `schedule:` block as written (docs/schedules.md); hashed when given.
+    schedule: Any = None
 
     def normalized(self) -> dict[str, Any]:
         """The spec with every default filled in, in one canonical form (what the hash covers)."""
@@ -149,6 +161,7 @@ class CampaignSpec:
                 e.label: {
                     **({"space": e.space} if e.space != e.label else {}),
                     **copy.deepcopy(e.overrides),
+                    **({"schedule": copy.deepcopy(e.schedule)} if e.schedule is not None else {}),
                 }
                 for e in self.optimizers
             },
@@ -162,6 +175,7 @@ class CampaignSpec:
             "confirm": {"seeds": self.confirm_seeds},
             "seed": self.seed,
             "device": self.device,
+            **({"schedule": copy.deepcopy(self.schedule)} if self.schedule is not None else {}),
         }
 
     @property
@@ -373,6 +387,9 @@ def parse_spec(
 
     workload, options, metric = _parse_workload(data["workload"], fail)
     optimizers = _parse_optimizers(data["optimizers"], fail, base_dir)
+    schedule = spec_block(data, "schedule", fail)
+    if schedule is not None:
+        optimizers = tuple(replace(e, spec_schedule=schedule) for e in optimizers)
 
     budget = data["budget"]
     if not isinstance(budget, Mapping):
@@ -443,6 +460,7 @@ def parse_spec(
         source=source,
         workload_metric=metric,
         base_dir=None if base_dir is None else str(Path(base_dir).resolve()),
+        schedule=schedule,
     )
 
 
@@ -526,6 +544,8 @@ def _parse_optimizers(
         if not isinstance(body, Mapping):
             raise fail(key, f"must be a mapping of search-space overrides, got {body!r}")
         body = {str(k): copy.deepcopy(v) for k, v in body.items()}
+        schedule = spec_block(body, f"{key}.schedule", fail)
+        body.pop("schedule", None)
         space = body.pop("space", None)
         if space is None:
             if label not in known:
@@ -546,6 +566,12 @@ def _parse_optimizers(
                 raise fail(f"{key}.space", f"space file {str(candidate)!r} does not exist")
             space_file = str(candidate)
         entries.append(
-            OptimizerEntry(label=label, space=space, overrides=body, space_file=space_file)
+            OptimizerEntry(
+                label=label,
+                space=space,
+                overrides=body,
+                space_file=space_file,
+                schedule=schedule,
+            )
         )
     return tuple(entries)

@@ -118,7 +118,7 @@ def run_trial(
     `Workload.run` as keywords (the Ray backend's `resume`).
     """
     import hvadam
-    from studies.workloads import Diverged
+    from studies.workloads import Diverged, OptimizerFactory
 
     hp = space.to_hyperparameters(dict(params))
     buffer: list[tuple[int, str, float]] = []
@@ -132,6 +132,8 @@ def run_trial(
         last_flush = time.monotonic()
 
     def on_epoch(rep: EpochReport) -> None:
+        if make_optimizer.schedule is not None and not make_optimizer.schedule_applied:
+            raise RuntimeError(_unapplied(workload))  # at the first report, not after the run
         buffer.extend((rep.epoch, name, value) for name, value in rep.metrics.items())
         # Long runs stream curves (a live dashboard sees them); short ones write once.
         if time.monotonic() - last_flush > flush_interval:
@@ -139,10 +141,13 @@ def run_trial(
         if on_report is not None:
             on_report(rep)
 
-    def make_optimizer(
+    def build(
         model_params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]],
     ) -> torch.optim.Optimizer:
         return hvadam.create_optimizer(space.optimizer, model_params, **hp)
+
+    # Carries the searched learning-rate schedule to the workload's `lr_schedule` call.
+    make_optimizer = OptimizerFactory(build, space.to_schedule(dict(params)))
 
     pruned = "pruned" if phase == "search" else "failed"  # nothing prunes a confirm run
     start = time.perf_counter()
@@ -168,12 +173,25 @@ def run_trial(
             traceback=mask_text(traceback.format_exc()),
             wall_time=wall,
         )
+    if make_optimizer.schedule is not None:
+        if not make_optimizer.schedule_applied:
+            return Outcome("failed", reason=_unapplied(workload), wall_time=wall)
+        result.extras = {**(result.extras or {}), "schedule": make_optimizer.schedule}
     value = float(result.value)
     if not math.isfinite(value):
         return Outcome(
             pruned, reason=f"non-finite objective value {value}", result=result, wall_time=wall
         )
     return Outcome("complete", value=value, result=result, wall_time=wall)
+
+
+def _unapplied(workload: Workload) -> str:
+    return (
+        f"the campaign searches a learning-rate schedule (spec key `schedule:`), but workload "
+        f"{workload.name!r} never applied it: call studies.workloads.lr_schedule(make_optimizer, "
+        "optimizer, total_steps) and step it after each optimizer step (docs/schedules.md), or "
+        "remove `schedule:` from the spec"
+    )
 
 
 def record(

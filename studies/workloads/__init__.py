@@ -35,6 +35,7 @@ from studies.workloads._base import (
     RunResult,
     Workload,
 )
+from studies.workloads._schedule import LrSchedule, OptimizerFactory, lr_schedule
 from studies.workloads.user import FunctionWorkload, WorkloadLoadError, function_workload_class
 
 __all__ = [
@@ -43,8 +44,10 @@ __all__ = [
     "Diverged",
     "EpochReport",
     "FunctionWorkload",
+    "LrSchedule",
     "MakeOptimizer",
     "OnEpoch",
+    "OptimizerFactory",
     "Option",
     "OptionError",
     "RunResult",
@@ -54,6 +57,7 @@ __all__ = [
     "get_workload",
     "is_user_workload",
     "load_workload",
+    "lr_schedule",
     "resolve_workload",
     "workload_class",
 ]

@@ -43,11 +43,13 @@ from studies.workloads._base import (
     Stopwatch,
     Workload,
     check_finite,
+    current_lr,
     epoch_metrics,
     report,
     resolve_device,
     seed_everything,
 )
+from studies.workloads._schedule import lr_schedule
 from studies.workloads.cifar_models import MODELS, build_model
 
 # dataset -> (folder, files, classes, per-channel mean, per-channel std)
@@ -332,9 +334,6 @@ class Cifar(Workload):
         net = build_model(o["model"], num_classes=num_classes, width=o["width"])
         model = nn.Sequential(Normalize(mean, std), net).to(dev).to(memory_format=memory_format)
         optimizer = make_optimizer(model.parameters())
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=o["lr_milestones"], gamma=o["lr_gamma"]
-        )
         loss_fn = nn.CrossEntropyLoss()
         order = torch.Generator().manual_seed(int(seed))
         crops = torch.Generator(device=dev).manual_seed(int(seed))
@@ -361,6 +360,13 @@ class Cifar(Workload):
             batches -= 1  # batch norm cannot train on a last batch of one image
         if o["max_batches"] is not None:
             batches = min(batches, o["max_batches"])
+        # A searched schedule (per step) replaces the built-in step decay (per epoch).
+        schedule = lr_schedule(make_optimizer, optimizer, self.max_epochs * batches)
+        scheduler = None
+        if not schedule.active:
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer, milestones=o["lr_milestones"], gamma=o["lr_gamma"]
+            )
 
         best, best_epoch, value, epoch_times = -1.0, 0, 0.0, []
         for epoch in range(1, self.max_epochs + 1):
@@ -370,6 +376,7 @@ class Cifar(Workload):
             correct = torch.zeros((), device=dev)
             seen = 0
             watch = Stopwatch(dev)
+            lr_used = current_lr(optimizer)
             with watch:
                 for b in range(batches):
                     idx = perm[b * bs : (b + 1) * bs]
@@ -384,6 +391,7 @@ class Cifar(Workload):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
+                    schedule.step()
                     total += loss.detach() * len(idx)
                     correct += (out.detach().argmax(dim=1) == yb).sum()
                     seen += len(idx)
@@ -402,7 +410,9 @@ class Cifar(Workload):
                 train_accuracy=float(correct) / seen,
                 epoch_time=watch.total,
             )
-            scheduler.step()
+            metrics["lr"] = lr_used
+            if scheduler is not None:
+                scheduler.step()
             report(on_epoch, epoch, value, metrics)
 
         if o["holdout"]:

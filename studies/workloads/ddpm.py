@@ -38,6 +38,7 @@ from studies.workloads._base import (
     resolve_device,
     seed_everything,
 )
+from studies.workloads._schedule import LrSchedule, lr_schedule
 from studies.workloads._steps import (
     autocast,
     cosine_lambda,
@@ -163,7 +164,10 @@ class DDPM(Workload):
         model = build_unet(o["dataset"], o["width"], o["attention"])
         model = model.to(dev, memory_format=memory)  # type: ignore[call-overload]
         optimizer = make_optimizer(model.parameters())
-        lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(o))
+        # A searched schedule replaces the built-in warm-up + cosine one.
+        schedule = lr_schedule(make_optimizer, optimizer, o["steps"])
+        if not schedule.active:
+            schedule = LrSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(o)))
         draws = torch.Generator(device=dev).manual_seed(int(seed))
 
         def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -205,7 +209,7 @@ class DDPM(Workload):
                     if o["clip"] > 0:
                         nn.utils.clip_grad_norm_(model.parameters(), o["clip"])
                     optimizer.step()
-                    lr_schedule.step()
+                    schedule.step()
                     total += loss.detach()
             step += chunk
             train_loss = float(total) / chunk

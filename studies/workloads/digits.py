@@ -30,12 +30,14 @@ from studies.workloads._base import (
     Stopwatch,
     Workload,
     check_finite,
+    current_lr,
     epoch_metrics,
     report,
     resolve_device,
     restore_optimizer,
     seed_everything,
 )
+from studies.workloads._schedule import lr_schedule
 
 
 def digits_file() -> Path:
@@ -183,6 +185,13 @@ class Digits(Workload):
             torch.set_rng_state(resume["rng"])
             best, value, train_loss = resume["best"], resume["value"], resume["train_loss"]
             start = int(resume["epoch"]) + 1
+        per_epoch = -(-n // bs)
+        schedule = lr_schedule(
+            make_optimizer,
+            optimizer,
+            self.max_epochs * per_epoch,
+            start_step=(start - 1) * per_epoch,
+        )
 
         for epoch in range(start, self.max_epochs + 1):
             model.train()
@@ -190,6 +199,7 @@ class Digits(Workload):
             total = torch.zeros((), device=dev)
             watch = Stopwatch(dev)
             steps = 0
+            lr_used = current_lr(optimizer)
             with watch:
                 for i in range(0, n, bs):
                     idx = perm[i : i + bs]
@@ -197,6 +207,7 @@ class Digits(Workload):
                     loss = loss_fn(model(x_train[idx]), y_train[idx])
                     loss.backward()
                     optimizer.step()
+                    schedule.step()
                     total += loss.detach() * len(idx)
                     steps += 1
             train_loss = float(total) / n
@@ -209,6 +220,7 @@ class Digits(Workload):
                 step_time=watch.total / steps,
                 val_accuracy=value,
             )
+            metrics["lr"] = lr_used  # the learning rate of the epoch's first step
 
             def state(
                 epoch: int = epoch,

@@ -32,11 +32,13 @@ from studies.workloads._base import (
     Stopwatch,
     Workload,
     check_finite,
+    current_lr,
     epoch_metrics,
     report,
     resolve_device,
     seed_everything,
 )
+from studies.workloads._schedule import lr_schedule
 from studies.workloads._steps import autocast, report_steps, step_options, total_steps, use_bf16
 
 
@@ -160,6 +162,9 @@ class GAN(Workload):
         gen = gen.to(dev, memory_format=memory)  # type: ignore[call-overload]
         disc = disc.to(dev, memory_format=memory)  # type: ignore[call-overload]
         opt_g, opt_d = make_optimizer(gen.parameters()), make_optimizer(disc.parameters())
+        # A searched schedule drives both optimizers (without one the learning rate is constant).
+        sched_g = lr_schedule(make_optimizer, opt_g, o["steps"])
+        sched_d = lr_schedule(make_optimizer, opt_d, o["steps"])
         z_shape = (o["latent"],) if o["dataset"] == "digits" else (o["latent"], 1, 1)
         fixed_z = torch.randn(
             (o["fid_samples"], *z_shape), generator=torch.Generator().manual_seed(1234)
@@ -183,6 +188,7 @@ class GAN(Workload):
             epoch += 1
             chunk = min(every, steps - step)
             sums = torch.zeros(2, device=dev)
+            lr_used = current_lr(opt_g)
             watch = Stopwatch(dev)
             with watch:
                 for _ in range(chunk):
@@ -196,11 +202,13 @@ class GAN(Workload):
                     opt_d.zero_grad(set_to_none=True)
                     loss_d.backward()
                     opt_d.step()
+                    sched_d.step()
                     with autocast(dev, bf16):
                         loss_g = F.softplus(-disc(fake).float()).mean()
                     opt_g.zero_grad(set_to_none=True)
                     loss_g.backward()
                     opt_g.step()
+                    sched_g.step()
                     sums += torch.stack([loss_d.detach(), loss_g.detach()])
             step += chunk
             loss_d_mean, loss_g_mean = (float(v) / chunk for v in sums)
@@ -211,6 +219,7 @@ class GAN(Workload):
             best = min(best, value)
             metrics = epoch_metrics(opt_g, train_loss=loss_g_mean, step_time=watch.total / chunk,
                                     fid=value, d_loss=loss_d_mean, g_loss=loss_g_mean)  # fmt: skip
+            metrics["lr"] = lr_used
             metrics["step"] = float(step)
             report(on_epoch, epoch, value, metrics)
 

@@ -48,6 +48,7 @@ from studies.workloads._base import (
     resolve_device,
     seed_everything,
 )
+from studies.workloads._schedule import LrSchedule, lr_schedule
 from studies.workloads._steps import (
     autocast,
     cosine_lambda,
@@ -244,7 +245,10 @@ class GPTText(Workload):
             n_layer=o["n_layer"], n_head=o["n_head"], d_model=o["d_model"], context=o["context"]
         ).to(dev)
         optimizer = make_optimizer(param_groups(model))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(o))
+        # A searched schedule replaces the built-in warm-up + cosine one.
+        schedule = lr_schedule(make_optimizer, optimizer, o["steps"])
+        if not schedule.active:
+            schedule = LrSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(o)))
 
         @torch.no_grad()
         def evaluate() -> float:

@@ -29,11 +29,13 @@ from studies.workloads._base import (
     RunResult,
     Workload,
     check_finite,
+    current_lr,
     epoch_metrics,
     report,
     resolve_device,
     seed_everything,
 )
+from studies.workloads._schedule import lr_schedule
 
 
 class NoisyQuadratic(Workload):
@@ -91,6 +93,7 @@ class NoisyQuadratic(Workload):
         start = torch.ones(o["dim"], dtype=torch.float64, device=dev)
         theta = torch.nn.Parameter(start if q is None else q.T @ start)
         optimizer = make_optimizer([theta])
+        schedule = lr_schedule(make_optimizer, optimizer, o["steps"])
 
         def to_eigen(v: torch.Tensor) -> torch.Tensor:
             return v if q is None else q @ v
@@ -108,6 +111,7 @@ class NoisyQuadratic(Workload):
             first, last = (chunk - 1) * every + 1, min(chunk * every, steps)
             losses = torch.zeros((), dtype=torch.float64, device=dev)
             elapsed = 0.0
+            lr_used = current_lr(optimizer)
             for _ in range(first, last + 1):
                 t0 = time.perf_counter()
                 with torch.no_grad():
@@ -116,6 +120,7 @@ class NoisyQuadratic(Workload):
                     xi = torch.randn(o["dim"], generator=gen, dtype=torch.float64, device=dev)
                     theta.grad = from_eigen(h * z + noise_scale * xi)
                 optimizer.step()
+                schedule.step()
                 elapsed += time.perf_counter() - t0
             n = last - first + 1
             train_loss = float(losses) / n
@@ -129,6 +134,7 @@ class NoisyQuadratic(Workload):
                 expected_loss=value,
                 step=last,
             )
+            metrics["lr"] = lr_used
             report(on_epoch, chunk, value, metrics)
 
         with torch.no_grad():

@@ -42,11 +42,13 @@ from studies.workloads._base import (
     Stopwatch,
     Workload,
     check_finite,
+    current_lr,
     epoch_metrics,
     report,
     resolve_device,
     seed_everything,
 )
+from studies.workloads._schedule import lr_schedule
 
 SPLITS = ("train", "valid", "test")
 
@@ -296,9 +298,17 @@ class PennTreebank(Workload):
         ).to(dev)  # fmt: skip
         params = list(model.parameters())
         optimizer = make_optimizer(params)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=o["lr_milestones"], gamma=o["lr_gamma"]
-        )
+        # A searched schedule (per step; the count estimated at the mean BPTT length) replaces
+        # the built-in step decay (per epoch).
+        per_epoch = math.ceil((train.size(0) - 2) / o["bptt"])
+        if o["max_batches"] is not None:
+            per_epoch = min(per_epoch, o["max_batches"])
+        schedule = lr_schedule(make_optimizer, optimizer, self.max_epochs * max(1, per_epoch))
+        scheduler = None
+        if not schedule.active:
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer, milestones=o["lr_milestones"], gamma=o["lr_gamma"]
+            )
         lengths = np.random.default_rng(int(seed))  # the random BPTT lengths
 
         @torch.no_grad()
@@ -320,7 +330,7 @@ class PennTreebank(Workload):
             hidden = model.init_hidden(o["batch_size"])
             total = torch.zeros((), device=dev)
             batches, i = 0, 0
-            base_lrs = [g["lr"] for g in optimizer.param_groups]
+            lr_used = current_lr(optimizer)
             watch = Stopwatch(dev)
             with watch:
                 while i < train.size(0) - 2:
@@ -331,6 +341,7 @@ class PennTreebank(Workload):
                         bptt = o["bptt"] if lengths.random() < 0.95 else o["bptt"] / 2
                         seq_len = min(max(5, int(lengths.normal(bptt, 5))), o["bptt"] + 40)
                     seq_len = min(seq_len, train.size(0) - 1 - i)
+                    base_lrs = [g["lr"] for g in optimizer.param_groups]
                     for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
                         group["lr"] = lr * seq_len / o["bptt"]
                     hidden = _detach(hidden)
@@ -350,6 +361,7 @@ class PennTreebank(Workload):
                     optimizer.step()
                     for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
                         group["lr"] = lr
+                    schedule.step()
                     total += raw_loss.detach()
                     batches += 1
                     i += seq_len
@@ -370,7 +382,9 @@ class PennTreebank(Workload):
                 train_perplexity=math.exp(min(train_loss, 700.0)),
                 epoch_time=watch.total,
             )
-            scheduler.step()
+            metrics["lr"] = lr_used
+            if scheduler is not None:
+                scheduler.step()
             report(on_epoch, epoch, value, metrics)
 
         final_test = evaluate(test)

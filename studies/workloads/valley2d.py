@@ -26,11 +26,13 @@ from studies.workloads._base import (
     RunResult,
     Workload,
     check_finite,
+    current_lr,
     epoch_metrics,
     report,
     resolve_device,
     seed_everything,
 )
+from studies.workloads._schedule import lr_schedule
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Valley2D(Workload):
             torch.tensor(self.options["start"], dtype=torch.float64, device=dev)
         )
         optimizer = make_optimizer([point])
+        schedule = lr_schedule(make_optimizer, optimizer, steps)
         path: list[list[float]] = [[float(v) for v in point.detach().cpu()]]
         path_steps = [0]
         with torch.no_grad():
@@ -133,12 +136,14 @@ class Valley2D(Workload):
         for chunk in range(1, self.max_epochs + 1):
             first, last = (chunk - 1) * every + 1, min(chunk * every, steps)
             losses, elapsed = 0.0, 0.0
+            lr_used = current_lr(optimizer)
             for step in range(first, last + 1):
                 t0 = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 loss = func.fn(point[0], point[1])
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 elapsed += time.perf_counter() - t0
                 loss_value = float(loss.detach())
                 check_finite(loss_value, epoch=chunk, what=f"f(x, y) at step {step}")
@@ -160,6 +165,7 @@ class Valley2D(Workload):
                 distance=self._distance(point, func),
                 step=last,
             )
+            metrics["lr"] = lr_used
             report(on_epoch, chunk, value, metrics)
 
         final = {
