@@ -13,6 +13,8 @@
     device: auto                        # optional: auto | cpu | cuda | cuda:N
     notes_interval: 60                  # optional: seconds between live-note refreshes
     artifacts: {checkpoints: false}     # optional: keep each confirm run's final state
+    sweep: {optimizer: hvadam, param: adaptivity, values: [0, 0.5, 1], seeds: 3}  # optional,
+                                        # or a list of them (studies/sweep.py)
 
 Shipped specs live in `studies/specs/` (`available_specs()`); `load_spec` takes a shipped name or
 a path. Every problem raises `SpecError` naming the key and what is allowed, before any trial.
@@ -67,6 +69,7 @@ TOP_KEYS = (
     "confirm",
     "seed",
     "device",
+    "sweep",
     # execution settings (studies/execution.py): not part of the spec hash
     "resources",
     "max_concurrent",
@@ -135,6 +138,8 @@ class CampaignSpec:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     # Live notes and checkpoints (studies/live.py `LiveSettings`); not hashed.
     live: Any = None
+    # Controlled sweeps (studies/sweep.py `Sweep`); hashed when given.
+    sweeps: tuple[Any, ...] = ()
 
     def normalized(self) -> dict[str, Any]:
         """The spec with every default filled in, in one canonical form (what the hash covers)."""
@@ -162,6 +167,7 @@ class CampaignSpec:
             "confirm": {"seeds": self.confirm_seeds},
             "seed": self.seed,
             "device": self.device,
+            **({"sweep": [s.normalized() for s in self.sweeps]} if self.sweeps else {}),
         }
 
     @property
@@ -264,9 +270,12 @@ class CampaignSpec:
         """Everything that can be checked before a trial runs: spaces (every value against the
         optimizer's own validation) and workload options."""
         from studies.space_check import check_space_values
+        from studies.sweep import check_sweeps
 
-        for label, space in self.load_spaces().items():
+        spaces = self.load_spaces()
+        for label, space in spaces.items():
             check_space_values(self.source, label, space)
+        check_sweeps(self, spaces)
         self.build_workload()
 
 
@@ -424,7 +433,11 @@ def parse_spec(
                 f"workload {workload!r} cannot save its training state; checkpoints need a "
                 f"workload that supports them (e.g. digits-mlp)",
             )
+    from studies.sweep import parse_sweeps
+
+    sweeps = parse_sweeps(data.get("sweep"), fail, [e.label for e in optimizers])
     return CampaignSpec(
+        sweeps=sweeps,
         execution=execution,
         live=live,
         name=name,
