@@ -121,10 +121,15 @@ def sweep_figures(panels: list[SweepPanel], *, metric: str, path: Path) -> tuple
 
     go = figures._go()
     n = len(panels)
-    fig = make_subplots(rows=1, cols=n, subplot_titles=[p.title for p in panels])
-    mfig, axes = figures._mpl_figure(1, n)
+    cols = min(n, 3)  # at most three panels a row
+    rows = -(-n // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p.title for p in panels])
+    mfig, axes = figures._mpl_figure(rows, cols)
+    for extra in range(n, rows * cols):
+        axes[extra // cols][extra % cols].set_axis_off()
     col = figures.colours(sorted({p.optimizer for p in panels}))
     for i, panel in enumerate(panels):
+        at = {"row": i // cols + 1, "col": i % cols + 1}
         t = panel.table
         x = [float(v) for v in t["value"]] if panel.numeric else [str(v) for v in t["value"]]
         mean = t["mean"].astype(float).to_numpy()
@@ -136,29 +141,30 @@ def sweep_figures(panels: list[SweepPanel], *, metric: str, path: Path) -> tuple
                        line={"color": c}, marker={"size": 9},
                        error_y={"type": "data", "array": hi, "arrayminus": lo},
                        text=[f"n={k}" for k in t["n"]]),
-            row=1, col=i + 1,
+            **at,
         )  # fmt: skip
-        ax = axes[0][i]
+        ax = axes[i // cols][i % cols]
         ax.errorbar(x, mean, yerr=[lo, hi], fmt="o-", color=c, capsize=5, label=panel.optimizer)
         if panel.best is not None and (not panel.numeric or _number(panel.best)):
             where = float(panel.best) if panel.numeric else str(panel.best)
             if panel.numeric or where in x:
-                fig.add_vline(x=where, line_dash="dash", line_color="#555", row=1, col=i + 1)
+                fig.add_vline(x=where, line_dash="dash", line_color="#555", **at)
                 ax.axvline(where, linestyle="--", color="#555", label="best search config")
         if _log_x(panel):
             ax.set_xscale("log")
-            fig.update_xaxes(type="log", row=1, col=i + 1)
-        fig.update_xaxes(title_text=panel.param, row=1, col=i + 1)
+            fig.update_xaxes(type="log", **at)
+        fig.update_xaxes(title_text=panel.param, **at)
         ax.set_title(panel.title)
         ax.set_xlabel(panel.param)
-        if i == 0:
+        if i % cols == 0:
             ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     title = f"Controlled sweeps: mean {metric} and 95% CI over seeds"
     figures._layout(fig, title, showlegend=False, yaxis_title=metric)
+    fig.update_layout(height=max(480, 360 * rows))
     mfig.suptitle(title)
-    mfig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.1, wspace=0.3)
+    mfig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.1, wspace=0.3, hspace=0.5)
     return fig, figures._save(mfig, path)
 
 

@@ -109,7 +109,7 @@ def test_sweeps_run_each_value_and_seed_exactly_once_with_two_workers(sqlite_url
     assert campaign_complete(spec, sqlite_url)
 
 
-def test_a_campaign_with_open_sweep_runs_is_not_complete(sqlite_url, tmp_path):
+def test_an_open_sweep_run_keeps_the_campaign_incomplete_until_taken_over(sqlite_url, tmp_path):
     spec = load_spec(write_spec(tmp_path, VALLEY, sweep=VALLEY["sweep"][:1]))
     run_campaign(spec, RunnerConfig(storage=sqlite_url, threads=1))
     assert campaign_complete(spec, sqlite_url)
@@ -121,6 +121,24 @@ def test_a_campaign_with_open_sweep_runs_is_not_complete(sqlite_url, tmp_path):
     assert (status["hvadam"]["phase"], status["hvadam"]["sweep_done"]) == ("sweep", 5)
     assert status["hvadam"]["sweep_runs"] == 6
     assert (status["adam"]["phase"], status["adam"]["sweep_runs"]) == ("done", 0)
+    # its worker is lost: no heartbeat for the grace period, its run left running
+    claim = next(c for c in db.claims("sw", "sweep") if c["slot"] == 1001)
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE hvadam_claims SET heartbeat_at = 0 WHERE slot = 1001")
+        conn.exec_driver_sql(
+            f"UPDATE hvadam_runs SET status = 'running' WHERE id = {claim['run_id']}"
+        )
+    run_campaign(spec, RunnerConfig(storage=sqlite_url, threads=1))
+    assert campaign_complete(spec, sqlite_url)
+    again = next(c for c in db.claims("sw", "sweep") if c["slot"] == 1001)
+    assert again["attempts"] == 2 and again["status"] == "done"
+    runs = runs_frame(sqlite_url, "sw").set_index("run_id")
+    assert runs.loc[claim["run_id"], "status"] == "failed"
+    assert "worker lost" in runs.loc[claim["run_id"], "reason"]
+    new = runs.loc[again["run_id"]]
+    assert new["status"] == "complete" and new["phase"] == "sweep"
+    assert new["extras"]["sweep"]["value"] == 0.5 and new["seed"] == sweep_seed(4, 1)
+    assert (runs["phase"] == "sweep").sum() == 6 + 1  # one run more, nothing else re-run
 
 
 def test_the_spec_hash_is_unchanged_without_a_sweep(tmp_path):
