@@ -258,3 +258,20 @@ def test_a_conditional_param_switches_its_condition_on_and_a_fixed_one_is_overri
     assert params == base and switched == {}
     assert run_space.to_hyperparameters(params)["eps"] == 1e-8
     assert space.to_hyperparameters(params)["eps"] == 1e-16
+
+
+def test_progress_lines_name_sweep_runs_without_counting_them_as_confirm_runs(tmp_path):
+    import io
+
+    from studies.progress import Progress
+    from studies.runner import Event
+
+    spec = parse_spec(VALLEY)
+    stream = io.StringIO()
+    progress = Progress(
+        spec, metric="function_value", direction="minimize", stream=stream, tty=False
+    )
+    progress(Event("adam", "confirm", "complete", 2.0, 0, 9, 0.1, run_id=1))
+    progress(Event("adam", "sweep", "complete", 1.5, 0, 9, 0.1, run_id=2))
+    assert progress.state["adam"].confirm == 1 and progress.state["adam"].search == 0
+    assert "[sw] adam sweep seed 9 complete function_value=1.5" in stream.getvalue()
