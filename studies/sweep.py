@@ -45,6 +45,7 @@ __all__ = [
     "Sweep",
     "check_sweeps",
     "parse_sweeps",
+    "sweep_claims",
     "sweep_config",
     "sweep_runs",
     "sweep_slot",
@@ -349,6 +350,11 @@ def _run_sweep(
     record(db, run_id, outcome, extras=extras)
     worker._emit(worker._event(label, "sweep", outcome, best.number, seed, run_id))
     worker.live.run_finished("sweep", label)
+
+
+def sweep_claims(worker: Worker) -> list[dict[str, Any]]:
+    """The campaign's sweep claims (none read when the spec has no sweep)."""
+    return worker.db.claims(worker.spec.name, "sweep") if spec_sweeps(worker.spec) else []
 
 
 def sweeps_complete(spec: CampaignSpec, claims: list[dict[str, Any]], with_best: set[str]) -> bool:

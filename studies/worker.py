@@ -59,7 +59,7 @@ from studies.storage import (
     storage_identity,
     with_retries,
 )
-from studies.sweep import sweep_step, sweeps_done
+from studies.sweep import sweep_claims, sweep_step, sweeps_done
 from studies.trial import Outcome, TrialFailed, record, run_trial, start_run, trial_user_attrs
 
 if TYPE_CHECKING:
@@ -194,9 +194,9 @@ class Worker:
         for label in self.labels:
             for t in self.studies[label].get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 held.append(f"{label} trial #{t.number}")
-        for c in self.db.claims(self.spec.name, "confirm"):
+        for c in self.db.claims(self.spec.name, "confirm") + sweep_claims(self):
             if c["status"] == "running":
-                held.append(f"{c['optimizer']} confirm seed slot {c['slot']}")
+                held.append(f"{c['optimizer']} {c['phase']} seed slot {c['slot']}")
         return held
 
     def _say_what_it_waits_for(self) -> None:

@@ -18,7 +18,7 @@ from helpers import write_spec
 import hvadam
 from studies.campaign import campaign_complete
 from studies.results import ResultsDB, runs_frame
-from studies.runner import RunnerConfig, confirm_seed, prepare_campaign, run_campaign
+from studies.runner import RunnerConfig, Worker, confirm_seed, prepare_campaign, run_campaign
 from studies.seeds import sweep_seed
 from studies.spec import SpecError, load_spec, parse_spec
 from studies.status import campaign_status
@@ -121,6 +121,9 @@ def test_an_open_sweep_run_keeps_the_campaign_incomplete_until_taken_over(sqlite
     assert (status["hvadam"]["phase"], status["hvadam"]["sweep_done"]) == ("sweep", 5)
     assert status["hvadam"]["sweep_runs"] == 6
     assert (status["adam"]["phase"], status["adam"]["sweep_runs"]) == ("done", 0)
+    # an idle worker names the sweep run it waits for
+    worker = Worker(spec, RunnerConfig(storage=sqlite_url, threads=1))
+    assert worker.waiting_for() == ["hvadam sweep seed slot 1001"]
     # its worker is lost: no heartbeat for the grace period, its run left running
     claim = next(c for c in db.claims("sw", "sweep") if c["slot"] == 1001)
     with db.engine.begin() as conn:
