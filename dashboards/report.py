@@ -2,7 +2,8 @@
 
 The page opens offline (plotly.js is inlined once) and has one section per question: how the
 optimizers compare (with statistics), their learning curves, which hyperparameters mattered,
-how the metric moves with `adaptivity`, the 2-D trajectories (valley2d campaigns) and HVAdam's
+how the metric moves with `adaptivity` (a scatter of search trials, and the controlled sweeps
+of a spec's `sweep:` key, `dashboards.sweep_section`), the 2-D trajectories (valley2d campaigns) and HVAdam's
 internals. A section without data says why instead of drawing an empty axis.
 """
 
@@ -23,6 +24,7 @@ from dashboards import figures
 from dashboards.data import CampaignData, load_campaign
 from dashboards.importance import ImportancesInBackground, campaign_importances
 from dashboards.stats import comparison_tables
+from dashboards.sweep_section import controlled_sweeps, scatter_note
 
 __all__ = ["SECTIONS", "Report", "build_report", "write_report"]
 
@@ -32,6 +34,7 @@ SECTIONS = (
     ("curves", "Learning curves"),
     ("importances", "Hyperparameter importances"),
     ("adaptivity", "Adaptivity sweep"),
+    ("sweeps", "Controlled sweeps"),
     ("trajectories", "2-D trajectories"),
     ("internals", "HVAdam internals"),
 )
@@ -277,7 +280,16 @@ def _adaptivity(data: CampaignData, out: Path) -> Section:
             continue
         points[opt] = (x[ok].tolist(), y[ok].tolist())
     if points:
-        s.parts.append(_p(f"{data.metric} of every completed search trial against its adaptivity."))
+        s.parts.append(
+            _p(
+                f"A scatter of search trials, not a controlled sweep: {data.metric} of every "
+                "completed search trial against its adaptivity, while every other "
+                "hyperparameter varied too."
+            )
+        )
+    note = scatter_note(data)
+    if note:
+        s.parts.append(_p(note))
         s.figure, s.png = figures.adaptivity_figures(
             points, metric=data.metric, path=out / "adaptivity.png"
         )
@@ -451,6 +463,7 @@ _BUILDERS = {
     "comparison": _comparison,
     "curves": _curves,
     "adaptivity": _adaptivity,
+    "sweeps": controlled_sweeps,
     "trajectories": _trajectories,
     "internals": _internals,
 }

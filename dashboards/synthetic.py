@@ -45,11 +45,13 @@ def write_synthetic_campaign(
     workload: str = "digits-mlp",
     with_curves: bool = True,
     seed: int = 0,
+    sweep_values: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Write a campaign of `trials` search trials per optimizer plus `seeds` confirm runs each.
 
-    `workload="valley2d"` also records 2-D trajectories in the runs' extras. Returns the
-    normalised spec that was stored.
+    `workload="valley2d"` also records 2-D trajectories in the runs' extras. `sweep_values`: a
+    controlled adaptivity sweep of each HVAdam/Anon optimizer's best config (`seeds` runs per
+    value, phase "sweep", as `studies.sweep` writes them). Returns the normalised spec stored.
     """
     import optuna
 
@@ -74,6 +76,12 @@ def write_synthetic_campaign(
         "seed": seed,
         "device": "cpu",
     }
+    swept = [o for o in optimizers if o in ("hvadam", "anon")] if sweep_values else []
+    if swept:
+        spec["sweep"] = [
+            {"optimizer": o, "param": "adaptivity", "values": list(sweep_values), "seeds": seeds}
+            for o in swept
+        ]
     db = ResultsDB(storage)
     db.create_tables()
     db.register_campaign(
@@ -113,6 +121,13 @@ def write_synthetic_campaign(
                 value = _score(best[2], space.optimizer, rng)
                 _write_run(db, name, opt, best[1], "confirm", 10_000 + k, best[2], value, epochs,
                            with_curves, workload, rng)  # fmt: skip
+            for v in sweep_values if opt in swept else ():
+                hp = {**best[2], "adaptivity": v}
+                sweep = {"index": swept.index(opt), "param": "adaptivity", "value": v, "set": {}}
+                for k in range(seeds):
+                    value = _score(hp, space.optimizer, rng)
+                    _write_run(db, name, opt, best[1], "sweep", 10_000 + k, hp, value, epochs,
+                               with_curves, workload, rng, {"sweep": sweep})  # fmt: skip
     return spec
 
 
@@ -129,6 +144,7 @@ def _write_run(
     with_curves: bool,
     workload: str,
     rng: np.random.Generator,
+    more: Mapping[str, Any] | None = None,
 ) -> int:
     run_id = db.start_run(
         campaign=campaign, study=f"{campaign}/{opt}", optimizer=opt, trial_number=trial_number,
@@ -154,6 +170,7 @@ def _write_run(
             "minimum": [[0.0, 0.0]], "minimum_value": 0.0,
             "window": [[-10.0, 10.0], [-10.0, 10.0]], "trajectory": _trajectory(value, rng),
         }  # fmt: skip
+    extras.update(more or {})
     db.finish_run(
         run_id, status="complete", wall_time=0.01, value=value, metrics={"val_loss": value},
         extras=extras,

@@ -18,6 +18,7 @@ from studies.results import ResultsDB
 from studies.space_check import check_space_values
 from studies.spec import CampaignSpec
 from studies.storage import CampaignLock, check_storage_url, connect_check, mask_url, optuna_storage
+from studies.sweep import check_sweeps, sweeps_complete
 
 __all__ = ["CampaignError", "campaign_complete", "prepare_campaign", "quiet_optuna"]
 
@@ -47,6 +48,7 @@ def prepare_campaign(spec: CampaignSpec, storage: str) -> dict[str, Any]:
     spaces = spec.load_spaces()
     for label, space in spaces.items():
         check_space_values(spec.source, label, space)
+    check_sweeps(spec, spaces)
     workload = spec.build_workload()
     check_storage_url(storage)
     connect_check(storage)
@@ -109,10 +111,11 @@ def prepare_campaign(spec: CampaignSpec, storage: str) -> dict[str, Any]:
 
 
 def campaign_complete(spec: CampaignSpec, storage: str) -> bool:
-    """Whether every search trial and confirm run of the campaign has finished."""
+    """Whether every search trial, confirm run and sweep run of the campaign has finished."""
     rdb = optuna_storage(storage, create_tables=False)
     db = ResultsDB(storage)
     claims = db.claims(spec.name, "confirm")
+    with_best = set()
     try:
         for label in spec.labels:
             study = optuna.load_study(study_name=spec.study_name(label), storage=rdb)
@@ -125,6 +128,7 @@ def campaign_complete(spec: CampaignSpec, storage: str) -> bool:
             if used < spec.trials or running:
                 return False
             if has_complete:
+                with_best.add(label)
                 done = sum(
                     1
                     for c in claims
@@ -134,6 +138,6 @@ def campaign_complete(spec: CampaignSpec, storage: str) -> bool:
                 )
                 if done < spec.confirm_seeds:
                     return False
-        return True
+        return sweeps_complete(spec, db.claims(spec.name, "sweep"), with_best)
     finally:
         rdb.engine.dispose()

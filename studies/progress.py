@@ -108,7 +108,7 @@ class Progress:
                 better = v > state.best if self.maximize else v < state.best
                 if math.isnan(state.best) or better:
                     state.best = v
-        elif event.status != "failed" or not lost:
+        elif event.phase == "confirm" and (event.status != "failed" or not lost):
             state.confirm = min(state.confirm + 1, self.spec.confirm_seeds)
         return True
 

@@ -15,6 +15,8 @@
     artifacts: {checkpoints: false}     # optional: keep each confirm run's final state
     schedule: true                      # optional: search a learning-rate schedule too
                                         # (docs/schedules.md); an optimizer entry may give its own
+    sweep: {optimizer: hvadam, param: adaptivity, values: [0, 0.5, 1], seeds: 3}  # optional,
+                                        # or a list of them (studies/sweep.py)
 
 Shipped specs live in `studies/specs/` (`available_specs()`); `load_spec` takes a shipped name or
 a path. Every problem raises `SpecError` naming the key and what is allowed, before any trial.
@@ -71,6 +73,7 @@ TOP_KEYS = (
     "seed",
     "device",
     "schedule",
+    "sweep",
     # execution settings (studies/execution.py): not part of the spec hash
     "resources",
     "max_concurrent",
@@ -147,6 +150,8 @@ class CampaignSpec:
     live: Any = None
     # The top-level `schedule:` block as written (docs/schedules.md); hashed when given.
     schedule: Any = None
+    # Controlled sweeps (studies/sweep.py `Sweep`); hashed when given.
+    sweeps: tuple[Any, ...] = ()
 
     def normalized(self) -> dict[str, Any]:
         """The spec with every default filled in, in one canonical form (what the hash covers)."""
@@ -176,6 +181,7 @@ class CampaignSpec:
             "seed": self.seed,
             "device": self.device,
             **({"schedule": copy.deepcopy(self.schedule)} if self.schedule is not None else {}),
+            **({"sweep": [s.normalized() for s in self.sweeps]} if self.sweeps else {}),
         }
 
     @property
@@ -278,9 +284,12 @@ class CampaignSpec:
         """Everything that can be checked before a trial runs: spaces (every value against the
         optimizer's own validation) and workload options."""
         from studies.space_check import check_space_values
+        from studies.sweep import check_sweeps
 
-        for label, space in self.load_spaces().items():
+        spaces = self.load_spaces()
+        for label, space in spaces.items():
             check_space_values(self.source, label, space)
+        check_sweeps(self, spaces)
         self.build_workload()
 
 
@@ -441,7 +450,11 @@ def parse_spec(
                 f"workload {workload!r} cannot save its training state; checkpoints need a "
                 f"workload that supports them (e.g. digits-mlp)",
             )
+    from studies.sweep import parse_sweeps
+
+    sweeps = parse_sweeps(data.get("sweep"), fail, [e.label for e in optimizers])
     return CampaignSpec(
+        sweeps=sweeps,
         execution=execution,
         live=live,
         name=name,

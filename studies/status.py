@@ -17,9 +17,10 @@ __all__ = ["campaign_status"]
 def campaign_status(storage: str, campaign: str) -> list[dict[str, Any]]:
     """One dict per optimizer of `campaign` (in spec order).
 
-    Keys: optimizer, phase (search | confirm | done), budget, search_done (trials that count
-    against the budget and have finished), complete, pruned, failed, running (incl. queued),
-    best (best complete value, NaN if none), confirm_done, confirm_seeds.
+    Keys: optimizer, phase (search | confirm | sweep | done), budget, search_done (trials that
+    count against the budget and have finished), complete, pruned, failed, running (incl.
+    queued), best (best complete value, NaN if none), confirm_done, confirm_seeds, sweep_done,
+    sweep_runs (the controlled sweeps' runs done and asked for, `studies.sweep`).
     """
     db = ResultsDB(storage)
     info = db.campaign(campaign)
@@ -29,6 +30,8 @@ def campaign_status(storage: str, campaign: str) -> list[dict[str, Any]]:
     budget = int(spec["budget"]["trials"])
     seeds = int(spec["confirm"]["seeds"])
     claims = db.claims(campaign, "confirm")
+    sweep_claims = db.claims(campaign, "sweep")
+    sweeps = spec.get("sweep") or []
     rdb = optuna_storage(storage, create_tables=False)
     out = []
     try:
@@ -62,10 +65,18 @@ def campaign_status(storage: str, campaign: str) -> list[dict[str, Any]]:
             confirm_done = sum(
                 1 for c in claims if c["optimizer"] == label and c["status"] == "done"
             )
+            sweep_done = sum(
+                1 for c in sweep_claims if c["optimizer"] == label and c["status"] == "done"
+            )
+            sweep_runs = sum(
+                len(s["values"]) * int(s["seeds"]) for s in sweeps if s["optimizer"] == label
+            )
             if done < budget or counts["running"]:
                 phase = "search"
             elif counts["complete"] and confirm_done < seeds:
                 phase = "confirm"
+            elif counts["complete"] and sweep_done < sweep_runs:
+                phase = "sweep"
             else:
                 phase = "done"
             out.append(
@@ -78,6 +89,8 @@ def campaign_status(storage: str, campaign: str) -> list[dict[str, Any]]:
                     "best": best,
                     "confirm_done": confirm_done,
                     "confirm_seeds": seeds,
+                    "sweep_done": sweep_done,
+                    "sweep_runs": sweep_runs,
                 }
             )
     finally:

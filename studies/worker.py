@@ -59,6 +59,7 @@ from studies.storage import (
     storage_identity,
     with_retries,
 )
+from studies.sweep import sweep_claims, sweep_step, sweeps_done
 from studies.trial import Outcome, TrialFailed, record, run_trial, start_run, trial_user_attrs
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ class Worker:
                 check_storage_identity(self.config.storage, self._storage_identity)
                 if self._search_step():
                     continue
-                if self.confirm_step():
+                if self.confirm_step() or sweep_step(self):
                     continue
                 if self._all_done():
                     check_storage_identity(self.config.storage, self._storage_identity)
@@ -193,9 +194,9 @@ class Worker:
         for label in self.labels:
             for t in self.studies[label].get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 held.append(f"{label} trial #{t.number}")
-        for c in self.db.claims(self.spec.name, "confirm"):
+        for c in self.db.claims(self.spec.name, "confirm") + sweep_claims(self):
             if c["status"] == "running":
-                held.append(f"{c['optimizer']} confirm seed slot {c['slot']}")
+                held.append(f"{c['optimizer']} {c['phase']} seed slot {c['slot']}")
         return held
 
     def _say_what_it_waits_for(self) -> None:
@@ -572,14 +573,14 @@ class Worker:
             if not self.counts(label).search_finished(self.spec.trials):
                 return False
         if self.spec.confirm_seeds == 0:
-            return True
+            return sweeps_done(self)
         claims = self.db.claims(self.spec.name, "confirm")
         for label in self.labels:
             if self._best_trial(label) is None:
                 continue  # nothing to confirm
             if confirmed(claims, label, self.spec.confirm_seeds) < self.spec.confirm_seeds:
                 return False
-        return True
+        return sweeps_done(self)
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

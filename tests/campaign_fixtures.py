@@ -27,6 +27,8 @@ SPEC = {
     "confirm": {"seeds": SEEDS},
     "seed": 0,
     "device": "cpu",
+    # a controlled sweep (studies/sweep.py), so that the report has every section
+    "sweep": {"optimizer": "hvadam", "param": "adaptivity", "values": [0.5, 1.0], "seeds": 2},
 }
 
 

@@ -1,5 +1,5 @@
 """The driver of a Ray run: `run_campaign_ray`, the search phase as one Tune run, then the
-confirm runs left open as Ray tasks."""
+confirm runs left open and the sweep runs (`studies.sweep`) as Ray tasks."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from studies.ray_backend.trial import confirm_task, trainable
 from studies.seeds import sampler_seed
 from studies.spec import CampaignSpec
 from studies.storage import mask_text, with_retries
+from studies.sweep import sweep_runs
 from studies.worker import Event, RunnerConfig, Worker
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ def run_campaign_ray(
                     storage=config.storage, device=config.device, artifacts=config.artifacts
                 )
                 _search(spec, runner, execution, asks, used, driver.workload, experiments, poll)
-            # Confirm runs left open (a confirm trial that failed): run them as Ray tasks.
+            # Confirm runs left open (a confirm trial that failed) and the sweeps: Ray tasks.
             if not campaign_complete(spec, config.storage):
                 _confirm(
                     spec,
@@ -239,7 +240,7 @@ def _stop_on_outcome(trial_id: str, result: Mapping[str, Any]) -> bool:
 def _confirm(
     spec: CampaignSpec, runner: RunnerConfig, execution: Execution, poll: Callable[[], None] | None
 ) -> None:
-    work = len(spec.labels) * spec.confirm_seeds
+    work = len(spec.labels) * spec.confirm_seeds + sweep_runs(spec)
     if work == 0:
         return
     tasks = min(work, execution.max_concurrent or work)

@@ -1,4 +1,4 @@
-"""What runs in a Ray worker: one search trial reported to Tune, or one confirm run.
+"""What runs in a Ray worker: one search trial reported to Tune, or confirm and sweep runs.
 
 A search trial is the shared trial path (`studies.trial`: start its run row, run, classify,
 record) with Ray's side added: every epoch's report goes to Tune (with a checkpoint under PBT),
@@ -23,6 +23,7 @@ from studies.execution import Execution
 from studies.ray_backend.session import LABEL_KEY, METRIC, PHASE_KEY, STATE_FILE, RayError
 from studies.results import is_finite_number
 from studies.spec import CampaignSpec
+from studies.sweep import sweep_step
 from studies.trial import record, trial_user_attrs
 from studies.worker import RunnerConfig, Worker
 
@@ -219,10 +220,11 @@ def trainable(
 
 
 def confirm_task(spec: CampaignSpec, runner: RunnerConfig, execution: Execution) -> int:
-    """Run confirm work items until none is left for this task; returns how many it ran."""
+    """Run confirm, then sweep, work items until none is left for this task; returns how many
+    it ran."""
     quiet_optuna()
     worker = _worker(spec, runner, execution)
     done = 0
-    while worker.confirm_step():
+    while worker.confirm_step() or sweep_step(worker):
         done += 1
     return done

@@ -1,11 +1,11 @@
 """The project's results tables, beside Optuna's in the same database (SQLAlchemy 2 models).
 
 - `hvadam_campaigns`: one row per campaign: its spec (JSON) and spec hash, workload, metric.
-- `hvadam_runs`: one row per trial run, search or confirm: who ran it where, with which full
+- `hvadam_runs`: one row per trial run, search, confirm or sweep (`studies.sweep`): who ran it where, with which full
   hyperparameters, how it ended (status and reason, traceback) and what it measured.
 - `hvadam_curves`: per-epoch named metrics of a run (long format: run id, epoch, metric, value).
 - `hvadam_claims`: work items taken by one worker (unique per campaign, optimizer, phase and
-  slot), so that each confirm run happens exactly once however many workers there are.
+  slot), so that each confirm and sweep run happens exactly once however many workers there are.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ __all__ = [
     "RunRow",
 ]
 
-PHASES = ("search", "confirm")
+PHASES = ("search", "confirm", "sweep")
 # `stopped`: ended early by a Ray Tune scheduler (ASHA, PBT); never a full-budget result.
 STATUSES = ("running", "complete", "pruned", "failed", "stopped")
 

@@ -34,7 +34,7 @@ def valley_campaign(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('valley') / 'hvadam.db'}"
     write_synthetic_campaign(
         url, name="valley", optimizers=("hvadam", "anon", "adam"), trials=8, seeds=3, epochs=5,
-        workload="valley2d",
+        workload="valley2d", sweep_values=(0.0, 0.5, 1.0, 1.5),
     )  # fmt: skip
     return url
 
@@ -106,7 +106,10 @@ def search_only_report(tmp_path_factory: pytest.TempPathFactory):
 
 def test_sections_without_data_say_so_instead_of_drawing(search_only_report):
     empty = search_only_report.empty
-    assert set(empty) == {"curves", "importances", "adaptivity", "trajectories", "internals"}
+    assert set(empty) == {
+        "curves", "importances", "adaptivity", "sweeps", "trajectories", "internals"
+    }  # fmt: skip
+    assert "No controlled sweep ran" in empty["sweeps"]
     assert "no per-epoch curves" in empty["curves"].lower()
     assert "enough search trials" in empty["importances"]
     assert "varying adaptivity" in empty["adaptivity"]
