@@ -45,11 +45,12 @@ def write_synthetic_campaign(
     workload: str = "digits-mlp",
     with_curves: bool = True,
     seed: int = 0,
+    target: float | None = None,
 ) -> dict[str, Any]:
     """Write a campaign of `trials` search trials per optimizer plus `seeds` confirm runs each.
 
-    `workload="valley2d"` also records 2-D trajectories in the runs' extras. Returns the
-    normalised spec that was stored.
+    `workload="valley2d"` also records 2-D trajectories in the runs' extras; `target` adds the
+    spec's `target: {value: V}`. Returns the normalised spec that was stored.
     """
     import optuna
 
@@ -73,6 +74,7 @@ def write_synthetic_campaign(
         "confirm": {"seeds": seeds},
         "seed": seed,
         "device": "cpu",
+        **({"target": {"value": target}} if target is not None else {}),
     }
     db = ResultsDB(storage)
     db.create_tables()
