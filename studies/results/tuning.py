@@ -41,6 +41,7 @@ __all__ = [
     "budget_curve_frame",
     "budget_curves",
     "campaign_target",
+    "curve_with_band",
     "expected_best_curve",
     "expected_best_weights",
     "search_counts",
@@ -142,15 +143,15 @@ def expected_best_curve(values: Sequence[float] | np.ndarray, direction: str) ->
     return _apply_weights(x, np.arange(1, x.size + 1))[0]
 
 
-def bootstrap_band(
+def curve_with_band(
     values: Sequence[float] | np.ndarray,
     direction: str,
     *,
     samples: int = BOOTSTRAP_SAMPLES,
     level: float = BAND_LEVEL,
     seed: int = BOOTSTRAP_SEED,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) of the bootstrap band of `expected_best_curve`, k = 1..n.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(expected best, lower, upper) for k = 1..n: `expected_best_curve` and its band.
 
     The n values are resampled with replacement `samples` times (a generator seeded with
     `seed`, so the band is reproducible); each resample's curve is computed exactly, and the
@@ -164,13 +165,28 @@ def bootstrap_band(
     x = _worst_to_best(values, direction)
     n = x.size
     if n == 0:
-        return np.empty(0), np.empty(0)
-    curve = _apply_weights(x, np.arange(1, n + 1))[0]
+        return np.empty(0), np.empty(0), np.empty(0)
     rng = np.random.default_rng(seed)
-    resampled = _worst_to_best(x[rng.integers(0, n, size=(samples, n))], direction)
-    curves = _apply_weights(resampled, np.arange(1, n + 1))
-    lo, hi = np.quantile(curves, [(1 - level) / 2, (1 + level) / 2], axis=0)
-    return np.minimum(lo, curve), np.maximum(hi, curve)
+    # x is sorted worst to best, so sorted indices give each resample sorted the same way
+    picks = np.sort(rng.integers(0, n, size=(samples, n)), axis=1)
+    curves = _apply_weights(np.vstack([x[None, :], x[picks]]), np.arange(1, n + 1))
+    curve = curves[0]
+    lo, hi = np.quantile(curves[1:], [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return curve, np.minimum(lo, curve), np.maximum(hi, curve)
+
+
+def bootstrap_band(
+    values: Sequence[float] | np.ndarray,
+    direction: str,
+    *,
+    samples: int = BOOTSTRAP_SAMPLES,
+    level: float = BAND_LEVEL,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper): the bootstrap band of `expected_best_curve`, k = 1..n (see
+    `curve_with_band`)."""
+    _, lower, upper = curve_with_band(values, direction, samples=samples, level=level, seed=seed)
+    return lower, upper
 
 
 def _optimizers(runs: pd.DataFrame, order: Sequence[str] | None) -> list[str]:
@@ -242,12 +258,12 @@ def budget_curves(
         values = mine.loc[_complete_mask(mine), "value"].astype(float).to_numpy()
         if values.size == 0:
             continue
-        lower, upper = bootstrap_band(values, direction, samples=samples, seed=seed)
+        curve, lower, upper = curve_with_band(values, direction, samples=samples, seed=seed)
         part = pd.DataFrame(
             {
                 "optimizer": name,
                 "k": np.arange(1, values.size + 1),
-                "expected_best": expected_best_curve(values, direction),
+                "expected_best": curve,
                 "lower": lower,
                 "upper": upper,
             }
