@@ -131,17 +131,17 @@ def tuning_section(data: CampaignData, out: Path) -> Section:
     counts = search_counts(data.runs, data.optimizers)
     if curves.empty:
         s.empty = "No complete search trial yet: no tuning-budget curve."
-        return s
-    s.parts.append(
-        _p(
-            f"For k = 1..n, the expected best search {data.metric} of k trials drawn at random "
-            "(without replacement) from an optimizer's n complete search trials: exact, from "
-            "the order statistics (sorted worst to best, the best of k is the i-th with "
-            "probability C(i-1, k-1) / C(n, k)). k = 1 is the mean trial, k = n the best one: "
-            "the curve shows what a smaller tuning budget would have given. Band: bootstrap "
-            "90% (1000 resamples of the n values, fixed seed). " + COUNTING
+    else:
+        s.parts.append(
+            _p(
+                f"For k = 1..n, the expected best search {data.metric} of k trials drawn at "
+                "random (without replacement) from an optimizer's n complete search trials: "
+                "exact, from the order statistics (sorted worst to best, the best of k is the "
+                "i-th with probability C(i-1, k-1) / C(n, k)). k = 1 is the mean trial, k = n "
+                "the best one: the curve shows what a smaller tuning budget would have given. "
+                "Band: bootstrap 90% (1000 resamples of the n values, fixed seed). " + COUNTING
+            )
         )
-    )
     ends = curves.groupby("optimizer", sort=False)["expected_best"].agg(["first", "last"])
     table = counts.assign(
         share_pruned=counts["share_pruned"].map(_share),
@@ -149,22 +149,25 @@ def tuning_section(data: CampaignData, out: Path) -> Section:
         first=counts["optimizer"].map(ends["first"]),
         last=counts["optimizer"].map(ends["last"]),
     )
-    s.parts.append(
-        _table(
-            table,
-            {
-                "optimizer": "optimizer",
-                "n_search": "search trials",
-                "n_complete": "complete (n)",
-                "n_pruned": "pruned / stopped",
-                "n_failed": "failed",
-                "share_pruned": "pruned share",
-                "share_failed": "failed share",
-                "first": "expected best, k = 1",
-                "last": "best, k = n",
-            },
+    if len(table):  # the counts say why a curve is short or missing
+        s.parts.append(
+            _table(
+                table,
+                {
+                    "optimizer": "optimizer",
+                    "n_search": "search trials",
+                    "n_complete": "complete (n)",
+                    "n_pruned": "pruned / stopped",
+                    "n_failed": "failed",
+                    "share_pruned": "pruned share",
+                    "share_failed": "failed share",
+                    "first": "expected best, k = 1",
+                    "last": "best, k = n",
+                },
+            )
         )
-    )
+    if curves.empty:
+        return s
     by_opt = {o: curves.loc[curves["optimizer"] == o] for o in dict.fromkeys(curves["optimizer"])}
     s.figure, s.png = budget_curve_figures(by_opt, metric=data.metric, path=out / "tuning.png")
     return s

@@ -156,3 +156,30 @@ def test_the_tuning_figure_has_a_log_k_axis_in_chromium(report):
     assert axis == "log"
     assert traces == 2  # one best-so-far line per optimizer
     assert headings == [title for _, title in SECTIONS]
+
+
+def test_without_a_complete_search_trial_both_sections_say_why(sqlite_url, tmp_path):
+    from dashboards.data import from_frames
+    from dashboards.tuning_sections import compute_section, tuning_section
+    from studies.results import ResultsDB, curves_frame
+
+    db = ResultsDB(sqlite_url)
+    db.create_tables()
+    db.register_campaign(
+        name="bare", spec_hash="bare", spec={}, workload="digits-mlp", metric="val_loss",
+        direction="minimize",
+    )  # fmt: skip
+    for status in ("failed", "pruned"):
+        run_id = db.start_run(
+            campaign="bare", study="bare/adam", optimizer="adam", trial_number=0,
+            phase="search", seed=0, device="cpu", hyperparameters={},
+        )  # fmt: skip
+        db.finish_run(run_id, status=status, wall_time=2.0)
+    data = from_frames("bare", read_runs(sqlite_url, "bare"), curves_frame(sqlite_url, "bare"))
+    tuning = tuning_section(data, tmp_path)
+    assert tuning.empty == "No complete search trial yet: no tuning-budget curve."
+    assert tuning.png is None and tuning.figure is None
+    assert cells(tuning.parts[0]) == [["adam", "2", "0", "1", "1", "50%", "50%", "–", "–"]]
+    compute = compute_section(data, tmp_path)
+    assert compute.empty and "nothing to plot against compute" in compute.empty
+    assert compute.png is None

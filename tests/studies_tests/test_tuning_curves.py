@@ -322,3 +322,27 @@ def test_compare_without_a_target_is_unchanged_and_bad_targets_are_refused(sqlit
     assert "to target" not in capsys.readouterr().out
     assert main(["compare", "plain", "--storage", sqlite_url, "--target", "nan"]) == 2
     assert "--target must be a finite number" in capsys.readouterr().err
+
+
+def test_a_campaign_without_a_complete_search_trial(sqlite_url):
+    db = ResultsDB(sqlite_url)
+    db.create_tables()
+    db.register_campaign(
+        name="bare", spec_hash="bare", spec={"optimizers": {"adam": {}}}, workload="digits-mlp",
+        metric="val_loss", direction="minimize",
+    )  # fmt: skip
+    for status in ("failed", None):  # a failed trial, and one still running
+        run_id = db.start_run(
+            campaign="bare", study="bare/adam", optimizer="adam", trial_number=0,
+            phase="search", seed=0, device="cpu", hyperparameters={},
+        )  # fmt: skip
+        if status:
+            db.finish_run(run_id, status=status, wall_time=3.0, reason="boom")
+    curves = budget_curve_frame(sqlite_url, "bare")
+    assert curves.empty and list(curves.columns)[:5] == ["optimizer", "k", "expected_best",
+                                                         "lower", "upper"]  # fmt: skip
+    reach = time_to_target_frame(sqlite_url, "bare", target=1.0)
+    assert reach["reached"].tolist() == [False] and reach["total_trials"].tolist() == [1]
+    assert reach["total_seconds"].tolist() == [3.0]  # the running trial is not counted
+    best = best_so_far_frame(sqlite_url, "bare")
+    assert best["seconds"].tolist() == [3.0] and best["best_so_far"].isna().all()
