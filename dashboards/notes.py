@@ -16,6 +16,7 @@ from typing import Any
 
 from dashboards.data import CampaignData, CampaignNotFound, load_campaign
 from dashboards.stats import comparison_tables
+from dashboards.tuning_sections import budget_markdown
 from studies.api import campaign_status
 
 __all__ = ["annotate_studies", "campaign_note", "progress_markdown"]
@@ -145,6 +146,7 @@ def campaign_note(
             + " (select them and press COMPARE)."
         )
         parts += ["", "## Comparison", "", comparison_markdown(data)]
+        parts += ["", "## Tuning budget", "", budget_markdown(data)]
     else:
         parts.append("_No run has finished yet._")
     if spec:

@@ -25,12 +25,15 @@ from dashboards.data import CampaignData, load_campaign
 from dashboards.importance import ImportancesInBackground, campaign_importances
 from dashboards.stats import comparison_tables
 from dashboards.sweep_section import controlled_sweeps, scatter_note
+from dashboards.tuning_sections import compute_section, tuning_section
 
 __all__ = ["SECTIONS", "Report", "build_report", "write_report"]
 
 # (id, heading) in page order; the tests look for these headings.
 SECTIONS = (
     ("comparison", "Comparison"),
+    ("tuning", "Tuning budget"),
+    ("compute", "Compute"),
     ("curves", "Learning curves"),
     ("importances", "Hyperparameter importances"),
     ("adaptivity", "Adaptivity sweep"),
@@ -461,6 +464,8 @@ def _page(data: CampaignData, sections: list[Section]) -> str:
 
 _BUILDERS = {
     "comparison": _comparison,
+    "tuning": tuning_section,
+    "compute": compute_section,
     "curves": _curves,
     "adaptivity": _adaptivity,
     "sweeps": controlled_sweeps,

@@ -46,12 +46,14 @@ def write_synthetic_campaign(
     with_curves: bool = True,
     seed: int = 0,
     sweep_values: Sequence[float] = (),
+    target: float | None = None,
 ) -> dict[str, Any]:
     """Write a campaign of `trials` search trials per optimizer plus `seeds` confirm runs each.
 
     `workload="valley2d"` also records 2-D trajectories in the runs' extras. `sweep_values`: a
     controlled adaptivity sweep of each HVAdam/Anon optimizer's best config (`seeds` runs per
-    value, phase "sweep", as `studies.sweep` writes them). Returns the normalised spec stored.
+    value, phase "sweep", as `studies.sweep` writes them). `target` adds the spec's
+    `target: {value: V}`. Returns the normalised spec stored.
     """
     import optuna
 
@@ -75,6 +77,7 @@ def write_synthetic_campaign(
         "confirm": {"seeds": seeds},
         "seed": seed,
         "device": "cpu",
+        **({"target": {"value": target}} if target is not None else {}),
     }
     swept = [o for o in optimizers if o in ("hvadam", "anon")] if sweep_values else []
     if swept:

@@ -268,12 +268,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from studies.results import ResultsDB, compare_frame
+    from studies.results import ResultsDB
+    from studies.tuning_output import compare_output
 
     url = _storage(args, read_only=True)
     if ResultsDB(url).campaign(args.campaign) is None:
         raise UsageError(f"no campaign {args.campaign!r} in {mask_url(url)}")
-    print(format_compare(compare_frame(url, args.campaign), args.format))
+    print(
+        compare_output(
+            url, args.campaign, fmt=args.format, budget_curve=args.budget_curve, target=args.target
+        )
+    )
     return 0
 
 
@@ -464,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("campaign")
     _add_storage(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    from studies.tuning_output import add_compare_options
+
+    add_compare_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("specs", help="the shipped campaign specs")

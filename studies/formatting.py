@@ -95,4 +95,17 @@ def format_compare(frame: Any, fmt: str = "table") -> str:
                 f"{rec['compute_time']:.1f}",
             ]
         )
-    return table(headers, rows) + f"\n({arrow} {metric} is better; ranked by the confirm mean)"
+    footer = f"\n({arrow} {metric} is better; ranked by the confirm mean)"
+    if "target_seconds" in frame:  # time-to-target (studies/tuning_output.py)
+        headers += ["s to target", "trials to target"]
+        for row, rec in zip(rows, frame.to_dict(orient="records"), strict=True):
+            hit = bool(rec["target_reached"])
+            row += [f"{rec['target_seconds']:.1f}" if hit else "not reached",
+                    str(rec["target_trials"]) if hit else "-"]  # fmt: skip
+        sign = ">=" if arrow == "higher" else "<="
+        footer += (
+            f"\n(to target: search trials in start order until one reached {metric} {sign} "
+            f"{format_number(float(frame['target'].iloc[0]))}; s = their summed wall time, the last "
+            f"one's up to the epoch it got there)"
+        )
+    return table(headers, rows) + footer

@@ -17,6 +17,7 @@
                                         # (docs/schedules.md); an optimizer entry may give its own
     sweep: {optimizer: hvadam, param: adaptivity, values: [0, 0.5, 1], seeds: 3}  # optional,
                                         # or a list of them (studies/sweep.py)
+    target: {value: 0.1}                # optional: time-to-target in compare and the report
 
 Shipped specs live in `studies/specs/` (`available_specs()`); `load_spec` takes a shipped name or
 a path. Every problem raises `SpecError` naming the key and what is allowed, before any trial.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -74,6 +76,7 @@ TOP_KEYS = (
     "device",
     "schedule",
     "sweep",
+    "target",
     # execution settings (studies/execution.py): not part of the spec hash
     "resources",
     "max_concurrent",
@@ -152,6 +155,8 @@ class CampaignSpec:
     schedule: Any = None
     # Controlled sweeps (studies/sweep.py `Sweep`); hashed when given.
     sweeps: tuple[Any, ...] = ()
+    # `target: {value: V}`: the value compare and the report measure time-to-target against.
+    target: float | None = None
 
     def normalized(self) -> dict[str, Any]:
         """The spec with every default filled in, in one canonical form (what the hash covers)."""
@@ -182,6 +187,7 @@ class CampaignSpec:
             "device": self.device,
             **({"schedule": copy.deepcopy(self.schedule)} if self.schedule is not None else {}),
             **({"sweep": [s.normalized() for s in self.sweeps]} if self.sweeps else {}),
+            **({"target": {"value": self.target}} if self.target is not None else {}),
         }
 
     @property
@@ -435,6 +441,7 @@ def parse_spec(
     if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
         raise fail("device", f"must be one of auto, cpu, cuda, cuda:N, mps; got {device!r}")
 
+    target = _parse_target(data, fail)
     from studies.execution import parse_execution
 
     execution = parse_execution(data, fail)
@@ -474,6 +481,7 @@ def parse_spec(
         workload_metric=metric,
         base_dir=None if base_dir is None else str(Path(base_dir).resolve()),
         schedule=schedule,
+        target=target,
     )
 
 
@@ -481,6 +489,23 @@ def _positive_int(value: Any, key: str, fail: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise fail(key, f"must be an integer >= 1, got {value!r}")
     return value
+
+
+def _parse_target(data: Mapping[str, Any], fail: Any) -> float | None:
+    if "target" not in data:
+        return None
+    target = data["target"]
+    if not isinstance(target, Mapping):
+        raise fail("target", f"must be a mapping like {{value: 0.1}}, got {target!r}")
+    extra = sorted(set(map(str, target)) - {"value"})
+    if extra:
+        raise fail(f"target.{extra[0]}", "unknown key; allowed: value")
+    if "value" not in target:
+        raise fail("target.value", "missing (the metric value to reach)")
+    value = target["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise fail("target.value", f"must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _parse_workload(value: Any, fail: Any) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
