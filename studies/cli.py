@@ -271,9 +271,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from studies.results import ResultsDB, compare_frame
 
     url = _storage(args, read_only=True)
+    if len(args.campaigns) > 1:
+        return compare_across(url, args)
+    args.campaign = args.campaigns[0]
     if ResultsDB(url).campaign(args.campaign) is None:
         raise UsageError(f"no campaign {args.campaign!r} in {mask_url(url)}")
     print(format_compare(compare_frame(url, args.campaign), args.format))
+    return 0
+
+
+def compare_across(url: str, args: argparse.Namespace) -> int:
+    """`hvadam compare A B C`: the rank table of several campaigns (docs/cross-workload.md)."""
+    from studies.formatting import format_across
+    from studies.results import UnknownCampaign, load_across
+
+    try:
+        across = load_across(url, args.campaigns)
+    except (UnknownCampaign, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(format_across(across, args.format))
     return 0
 
 
@@ -461,7 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("compare", help="one row per optimizer: best, confirm mean/std, counts")
-    p.add_argument("campaign")
+    p.add_argument(
+        "campaigns", nargs="+", metavar="campaign",
+        help="one campaign; several: their rank table, win/tie/loss (docs/cross-workload.md)",
+    )  # fmt: skip
     _add_storage(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=cmd_compare)

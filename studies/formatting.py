@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-__all__ = ["format_compare", "format_number", "table"]
+__all__ = ["format_across", "format_compare", "format_number", "table"]
 
 
 def format_number(value: Any, digits: int = 5) -> str:
@@ -96,3 +96,43 @@ def format_compare(frame: Any, fmt: str = "table") -> str:
             ]
         )
     return table(headers, rows) + f"\n({arrow} {metric} is better; ranked by the confirm mean)"
+
+
+def format_across(across: Any, fmt: str = "table") -> str:
+    """Several campaigns (`studies.results.Across`): the tidy rank table as CSV or JSON, or an
+    optimizer x campaign text table followed by the win/tie/loss counts."""
+    frame = across.table
+    if fmt in ("csv", "json"):
+        return format_compare(frame, fmt)
+    headers = ["optimizer"]
+    for name in across.campaigns:
+        rows = frame[frame["campaign"] == name]
+        arrow = "higher" if rows["direction"].iloc[0] == "maximize" else "lower"
+        headers.append(f"{name} ({rows['metric'].iloc[0]}, {arrow} better)")
+    cells: dict[tuple[str, str], str] = {}
+    for rec in frame.to_dict(orient="records"):
+        text = "-"
+        if isinstance(rec["value"], float) and not math.isnan(rec["value"]):
+            text = f"{format_number(rec['value'], 4)} #{rec['rank']}"
+            text += " ns" if rec["vs_best"] == "not significant" else ""
+            text += "*" if rec["source"] == "search" else ""
+        cells[(rec["optimizer"], rec["campaign"])] = text
+    body = [
+        [o] + [cells.get((o, c), "absent") for c in across.campaigns] for o in across.optimizers
+    ]
+    lines = [
+        table(headers, body),
+        "(#k: rank in the campaign by its confirm mean; ns: not significantly worse than the "
+        "campaign's best, Welch + Holm at alpha "
+        f"{across.alpha:g}; *: best search value, the campaign has no confirm phase)",
+    ]
+    wtl = across.win_tie_loss()
+    if not wtl.empty:
+        lines.append("")
+        lines.append(
+            table(
+                ["candidate", "baseline", "wins", "ties", "losses", "campaigns"],
+                [[str(v) for v in rec.values()] for rec in wtl.to_dict(orient="records")],
+            )
+        )
+    return "\n".join(lines)

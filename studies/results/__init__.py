@@ -5,10 +5,23 @@
 - `db`: `ResultsDB`, the writes and the progress reads; `claims`: its confirm claims.
 - `frames`: `runs_frame`, `curves_frame`, `compare_frame` (columns: docs/architecture-results.md).
 - `values`: how values are stored (strict JSON, finite floats).
+- `stats`: confirm-seed statistics (intervals, Welch's t, Mann-Whitney U, Holm, verdicts).
+- `across`: several campaigns at once: rank table, win/tie/loss, performance profiles.
 
 Everything public is importable from `studies.results` itself.
 """
 
+from studies.results.across import (
+    ACROSS_COLUMNS,
+    COST_RULES,
+    OUTCOME_COLUMNS,
+    WTL_COLUMNS,
+    Across,
+    UnknownCampaign,
+    across_frame,
+    load_across,
+    profile_ratio,
+)
 from studies.results.db import ResultsDB
 from studies.results.frames import (
     COMPARE_COLUMNS,
@@ -34,29 +47,56 @@ from studies.results.schema import (
     CurveRow,
     RunRow,
 )
+from studies.results.stats import (
+    CANDIDATES,
+    Comparison,
+    Summary,
+    compare_groups,
+    comparison_tables,
+    holm,
+    mann_whitney,
+    summarize,
+)
 from studies.results.values import finite_or_none, is_finite_number, jsonable
 
 __all__ = [
+    "ACROSS_COLUMNS",
+    "CANDIDATES",
     "COMPARE_COLUMNS",
+    "COST_RULES",
     "CURVE_COLUMNS",
+    "OUTCOME_COLUMNS",
     "PHASES",
     "RUN_COLUMNS",
     "STATUSES",
+    "WTL_COLUMNS",
+    "Across",
     "CampaignConflict",
     "CampaignRow",
     "ClaimRow",
+    "Comparison",
     "CurveRow",
     "ResultsDB",
     "RunRow",
+    "Summary",
+    "UnknownCampaign",
+    "across_frame",
     "compare_frame",
+    "compare_groups",
+    "comparison_tables",
     "curves_frame",
     "finite_or_none",
     "git_revision",
     "gpu_name",
+    "holm",
     "is_finite_number",
     "jsonable",
     "library_versions",
+    "load_across",
+    "mann_whitney",
+    "profile_ratio",
     "run_provenance",
     "runs_frame",
+    "summarize",
     "worker_name",
 ]
