@@ -95,7 +95,7 @@ COST_RULES = {
 }
 
 
-class UnknownCampaign(LookupError):
+class UnknownCampaign(ValueError):
     """A campaign named that the storage does not hold."""
 
 
@@ -271,10 +271,15 @@ class Across:
 
     @property
     def optimizers(self) -> list[str]:
-        """Every optimizer label, candidates first, then in order of first appearance."""
-        names = list(dict.fromkeys(self.table["optimizer"].tolist()))
-        cand = set(self.table.loc[self.table["candidate"].astype(bool), "optimizer"])
-        return [n for n in names if n in cand] + [n for n in names if n not in cand]
+        """Every optimizer label: candidates first (HVAdam's, then Anon's), then the baselines
+        by name."""
+        t = self.table.drop_duplicates("optimizer")
+        classes = dict(zip(t["optimizer"], t["optimizer_class"], strict=True))
+        cand = sorted(
+            (o for o, c in classes.items() if c in CANDIDATES),
+            key=lambda o: (CANDIDATES.index(classes[o]), o),
+        )
+        return cand + sorted(o for o in classes if o not in cand)
 
     def win_tie_loss(self) -> pd.DataFrame:
         """Per candidate and baseline: wins, ties, losses over the campaigns holding both."""
@@ -289,6 +294,8 @@ class Across:
                  "ties": int(counts.get("tie", 0)), "losses": int(counts.get("loss", 0)),
                  "campaigns": len(g)}
             )  # fmt: skip
+        order = {o: i for i, o in enumerate(self.optimizers)}
+        rows.sort(key=lambda r: (order[r["candidate"]], order[r["baseline"]]))
         return pd.DataFrame(rows, columns=WTL_COLUMNS)
 
     def ratios(self) -> pd.DataFrame:

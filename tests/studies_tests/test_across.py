@@ -8,47 +8,16 @@ import io
 import math
 
 import pytest
-from across_fixtures import write_campaign
+from across_fixtures import RATIOS, RHO, write_campaign, write_three
 
 from studies.cli import main
 from studies.results import UnknownCampaign, across_frame, load_across, profile_ratio
-
-# Three campaigns, one per cost rule, values exact in binary floating point.
-# A minimises a loss: means hvadam 1, sgd 1.5, adam 2 -> ratios 1, 1.5, 2.
-# B maximises an accuracy in [0, 1] (cost = 1 - accuracy): adam 0.75 (cost 0.25) is best,
-#   hvadam 0.5 (cost 0.5) -> 2; sgd is not in B -> never within any tau.
-# C maximises a reward outside [0, 1] without a confirm phase: best search values hvadam 200,
-#   adam 100, sgd 50 -> cost 1/value -> ratios 1, 2, 4.
-RATIOS = {
-    "hvadam": {"A": 1.0, "B": 2.0, "C": 1.0},
-    "adam": {"A": 2.0, "B": 1.0, "C": 2.0},
-    "sgd": {"A": 1.5, "B": math.inf, "C": 4.0},
-}
-# rho(tau) = (campaigns with ratio <= tau) / 3, counted by hand from RATIOS
-RHO = {
-    1.0: {"hvadam": 2 / 3, "adam": 1 / 3, "sgd": 0.0},
-    1.75: {"hvadam": 2 / 3, "adam": 1 / 3, "sgd": 1 / 3},
-    2.5: {"hvadam": 1.0, "adam": 1.0, "sgd": 1 / 3},
-    5.0: {"hvadam": 1.0, "adam": 1.0, "sgd": 2 / 3},
-}
 
 
 @pytest.fixture(scope="module")
 def three(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('across') / 'hvadam.db'}"
-    write_campaign(
-        url, "A", confirm={"hvadam": [0.75, 1.0, 1.25], "adam": [1.75, 2.0, 2.25],
-                           "sgd": [1.25, 1.5, 1.75]},
-        search={"hvadam": [1.1, 3.0], "adam": [2.1], "sgd": [1.6]},
-    )  # fmt: skip
-    write_campaign(
-        url, "B", metric="accuracy", direction="maximize",
-        confirm={"hvadam": [0.25, 0.5, 0.75], "adam": [0.625, 0.75, 0.875]},
-    )  # fmt: skip
-    write_campaign(
-        url, "C", metric="reward", direction="maximize",
-        search={"hvadam": [100.0, 200.0], "adam": [100.0, 50.0], "sgd": [50.0, 25.0]},
-    )  # fmt: skip
+    write_three(url)
     return url
 
 
