@@ -74,19 +74,18 @@ def _ranks(across: Any) -> Section:
         f'<table class="ranks"><thead><tr><th>optimizer</th>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table>"
     )
-    first = frame.drop_duplicates("campaign").set_index("campaign")
     from studies.results import COST_RULES
 
     rows = [
         {
             "campaign": c,
-            "metric": first.loc[c, "metric"],
-            "direction": first.loc[c, "direction"],
-            "values": "confirm means" if first.loc[c, "source"] == "confirm" else "best search",
-            "best": first.loc[c, "best"],
-            "cost": COST_RULES[str(first.loc[c, "cost_rule"])],
+            "metric": info["metric"],
+            "direction": info["direction"],
+            "values": "confirm means" if info["source"] == "confirm" else "best search",
+            "best": info["best"] or "–",
+            "cost": COST_RULES[str(info["cost_rule"])],
         }
-        for c in across.campaigns
+        for c, info in across.meta.iterrows()
     ]
     import pandas as pd
 

@@ -105,17 +105,20 @@ def format_across(across: Any, fmt: str = "table") -> str:
     if fmt in ("csv", "json"):
         return format_compare(frame, fmt)
     headers = ["optimizer"]
-    for name in across.campaigns:
-        rows = frame[frame["campaign"] == name]
-        arrow = "higher" if rows["direction"].iloc[0] == "maximize" else "lower"
-        headers.append(f"{name} ({rows['metric'].iloc[0]}, {arrow} better)")
+    for name, info in across.meta.iterrows():
+        arrow = "higher" if info["direction"] == "maximize" else "lower"
+        headers.append(f"{name} ({info['metric']}, {arrow} better)")
     cells: dict[tuple[str, str], str] = {}
     for rec in frame.to_dict(orient="records"):
         text = "-"
         if isinstance(rec["value"], float) and not math.isnan(rec["value"]):
             text = f"{format_number(rec['value'], 4)} #{rec['rank']}"
-            text += " ns" if rec["vs_best"] == "not significant" else ""
-            text += "*" if rec["source"] == "search" else ""
+            if rec["source"] == "search":
+                text += "*"
+            elif rec["vs_best"] == "not significant":
+                text += " ns"
+            elif rec["vs_best"] in ("too few seeds", "not testable (no spread)"):
+                text += " ?"
         cells[(rec["optimizer"], rec["campaign"])] = text
     body = [
         [o] + [cells.get((o, c), "absent") for c in across.campaigns] for o in across.optimizers
@@ -123,8 +126,8 @@ def format_across(across: Any, fmt: str = "table") -> str:
     lines = [
         table(headers, body),
         "(#k: rank in the campaign by its confirm mean; ns: not significantly worse than the "
-        "campaign's best, Welch + Holm at alpha "
-        f"{across.alpha:g}; *: best search value, the campaign has no confirm phase)",
+        f"campaign's best, Welch + Holm at alpha {across.alpha:g}; ?: not testable; no mark: "
+        "significantly worse; *: best search value, the campaign has no confirm phase)",
     ]
     wtl = across.win_tie_loss()
     if not wtl.empty:

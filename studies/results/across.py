@@ -196,7 +196,7 @@ def profile_ratio(cost: float, best_cost: float, *, is_best: bool) -> float:
 
 def _rows(c: _Campaign, alpha: float) -> list[dict[str, Any]]:
     maximize = c.direction == "maximize"
-    ranked = sorted(c.stats, key=lambda o: -c.stats[o][0] if maximize else c.stats[o][0])
+    ranked = _ranked(c)
     best = ranked[0] if ranked else None
     rule = _cost_rule(c.direction, [s[0] for s in c.stats.values()])
     best_value = c.stats[best][0] if best is not None else math.nan
@@ -268,6 +268,7 @@ class Across:
     table: pd.DataFrame
     outcomes: pd.DataFrame
     alpha: float = 0.05
+    meta: pd.DataFrame | None = None  # per campaign (index): metric, direction, source, ...
 
     @property
     def optimizers(self) -> list[str]:
@@ -367,7 +368,22 @@ def load_across(
     table["n"] = table["n"].astype(int)
     table["candidate"] = table["candidate"].astype(bool)
     outcomes = pd.DataFrame([r for c in read for r in _outcomes(c, alpha)], columns=OUTCOME_COLUMNS)
-    return Across(names, table, outcomes, alpha)
+    meta = pd.DataFrame(
+        [
+            {"campaign": c.name, "metric": c.metric, "direction": c.direction,
+             "source": c.source, "best": next(iter(_ranked(c)), None),
+             "cost_rule": _cost_rule(c.direction, [s[0] for s in c.stats.values()]),
+             "optimizers": len(c.classes)}
+            for c in read
+        ]
+    ).set_index("campaign")  # fmt: skip
+    return Across(names, table, outcomes, alpha, meta)
+
+
+def _ranked(c: _Campaign) -> list[str]:
+    """The campaign's optimizers with a value, best first."""
+    maximize = c.direction == "maximize"
+    return sorted(c.stats, key=lambda o: -c.stats[o][0] if maximize else c.stats[o][0])
 
 
 def across_frame(

@@ -170,3 +170,24 @@ def test_unknown_or_repeated_campaign_is_a_clear_error(three, capsys):
     assert main(["compare", "A", "nope", "--storage", three]) == 2
     err = capsys.readouterr().err
     assert "no campaign 'nope'" in err and "Traceback" not in err
+
+
+def test_a_campaign_without_runs_negative_values_and_a_perfect_loss(sqlite_url, capsys):
+    write_campaign(sqlite_url, "empty")
+    write_campaign(sqlite_url, "neg", metric="reward", direction="maximize",
+                   confirm={"hvadam": [-1.0, -2.0], "adam": [3.0, 4.0]})  # fmt: skip
+    write_campaign(sqlite_url, "zero", confirm={"hvadam": [0.0, 0.0], "adam": [1.0, 1.0]})
+    across = load_across(sqlite_url, ["empty", "neg", "zero"])
+    ratios = across.ratios()
+    # reward <= 0 costs infinity; a best loss of 0 leaves every other optimizer at infinity
+    assert ratios.to_dict() == {
+        "empty": {"hvadam": math.inf, "adam": math.inf},
+        "neg": {"hvadam": math.inf, "adam": 1.0},
+        "zero": {"hvadam": 1.0, "adam": math.inf},
+    }
+    assert across.profile([1e12]).iloc[:, 0].tolist() == [pytest.approx(1 / 3)] * 2
+    assert across.meta.loc["neg", "cost_rule"] == "reciprocal"
+    assert across.win_tie_loss().iloc[0].tolist() == ["hvadam", "adam", 0, 1, 1, 2]
+    assert main(["compare", "empty", "neg", "zero", "--storage", sqlite_url]) == 0
+    out = capsys.readouterr().out
+    assert "absent" in out and "1 #2 ?" in out  # zero: both without spread, not testable
