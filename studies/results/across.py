@@ -245,13 +245,11 @@ def _outcomes(c: _Campaign, alpha: float) -> list[dict[str, Any]]:
     rows = []
     for rec in tests.to_dict(orient="records"):
         verdict = str(rec["verdict"])
-        outcome = (
-            "win"
-            if verdict.endswith(" better")
-            else "loss"
-            if verdict.endswith(" worse")
-            else "tie"
-        )
+        outcome = "tie"  # not significant, too few seeds, no spread
+        if verdict.endswith(" better"):
+            outcome = "win"
+        elif verdict.endswith(" worse"):
+            outcome = "loss"
         rows.append(
             {"campaign": c.name, "candidate": rec["candidate"], "baseline": rec["baseline"],
              "mean_difference": rec["mean_difference"], "welch_p_holm": rec["welch_p_holm"],
