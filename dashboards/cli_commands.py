@@ -96,6 +96,15 @@ def _run_dashboard(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    if len(args.campaigns) > 1:
+        from dashboards.multi_report import write_multi_report
+
+        report = write_multi_report(_storage(args), args.campaigns, args.output)
+        print(f"wrote {report.html} ({len(report.pngs)} PNG figures) in {report.seconds:.1f}s")
+        for section, why in report.empty.items():
+            print(f"  {section}: {why}")
+        return 0
+    args.campaign = args.campaigns[0]
     report = write_report(_storage(args), args.campaign, args.output, artifacts=args.artifacts)
     print(f"wrote {report.html} ({len(report.pngs)} PNG figures) in {report.seconds:.1f}s")
     if report.artifacts:
@@ -201,10 +210,12 @@ def add_subcommands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "report",
         help="write a campaign's HTML report and PNG figures",
-        description="Write DIR/report.html (self-contained, opens offline) and PNG figures.",
+        description="Write DIR/report.html (self-contained, opens offline) and PNG figures. "
+        "Several campaigns: one page with their rank table, win/tie/loss counts and "
+        "performance profiles (docs/cross-workload.md; not attached to the artifact store).",
     )
     _storage_arg(p)
-    p.add_argument("campaign", help="campaign name")
+    p.add_argument("campaigns", nargs="+", metavar="campaign", help="campaign name(s)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     _artifacts_arg(p)
     p.set_defaults(func=_run_report)

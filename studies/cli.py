@@ -272,6 +272,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from studies.tuning_output import compare_output
 
     url = _storage(args, read_only=True)
+    if len(args.campaigns) > 1:
+        if args.budget_curve or args.target is not None:
+            flag = "--budget-curve" if args.budget_curve else "--target"
+            raise UsageError(f"{flag} reads one campaign; name one (got {len(args.campaigns)})")
+        return compare_across(url, args)
+    args.campaign = args.campaigns[0]
     if ResultsDB(url).campaign(args.campaign) is None:
         raise UsageError(f"no campaign {args.campaign!r} in {mask_url(url)}")
     print(
@@ -279,6 +285,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
             url, args.campaign, fmt=args.format, budget_curve=args.budget_curve, target=args.target
         )
     )
+    return 0
+
+
+def compare_across(url: str, args: argparse.Namespace) -> int:
+    """`hvadam compare A B C`: the rank table of several campaigns (docs/cross-workload.md)."""
+    from studies.formatting import format_across
+    from studies.results import UnknownCampaign, load_across
+
+    try:
+        across = load_across(url, args.campaigns)
+    except (UnknownCampaign, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(format_across(across, args.format))
     return 0
 
 
@@ -466,7 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("compare", help="one row per optimizer: best, confirm mean/std, counts")
-    p.add_argument("campaign")
+    p.add_argument(
+        "campaigns", nargs="+", metavar="campaign",
+        help="one campaign; several: their rank table, win/tie/loss (docs/cross-workload.md)",
+    )  # fmt: skip
     _add_storage(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     from studies.tuning_output import add_compare_options

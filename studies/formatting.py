@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-__all__ = ["format_compare", "format_number", "table"]
+__all__ = ["format_across", "format_compare", "format_number", "table"]
 
 
 def format_number(value: Any, digits: int = 5) -> str:
@@ -109,3 +109,46 @@ def format_compare(frame: Any, fmt: str = "table") -> str:
             f"one's up to the epoch it got there)"
         )
     return table(headers, rows) + footer
+
+
+def format_across(across: Any, fmt: str = "table") -> str:
+    """Several campaigns (`studies.results.Across`): the tidy rank table as CSV or JSON, or an
+    optimizer x campaign text table followed by the win/tie/loss counts."""
+    frame = across.table
+    if fmt in ("csv", "json"):
+        return format_compare(frame, fmt)
+    headers = ["optimizer"]
+    for name, info in across.meta.iterrows():
+        arrow = "higher" if info["direction"] == "maximize" else "lower"
+        headers.append(f"{name} ({info['metric']}, {arrow} better)")
+    cells: dict[tuple[str, str], str] = {}
+    for rec in frame.to_dict(orient="records"):
+        text = "-"
+        if isinstance(rec["value"], float) and not math.isnan(rec["value"]):
+            text = f"{format_number(rec['value'], 4)} #{rec['rank']}"
+            if rec["source"] == "search":
+                text += "*"
+            elif rec["vs_best"] == "not significant":
+                text += " ns"
+            elif rec["vs_best"] in ("too few seeds", "not testable (no spread)"):
+                text += " ?"
+        cells[(rec["optimizer"], rec["campaign"])] = text
+    body = [
+        [o] + [cells.get((o, c), "absent") for c in across.campaigns] for o in across.optimizers
+    ]
+    lines = [
+        table(headers, body),
+        "(#k: rank in the campaign by its confirm mean; ns: not significantly worse than the "
+        f"campaign's best, Welch + Holm at alpha {across.alpha:g}; ?: not testable; no mark: "
+        "significantly worse; *: best search value, the campaign has no confirm phase)",
+    ]
+    wtl = across.win_tie_loss()
+    if not wtl.empty:
+        lines.append("")
+        lines.append(
+            table(
+                ["candidate", "baseline", "wins", "ties", "losses", "campaigns"],
+                [[str(v) for v in rec.values()] for rec in wtl.to_dict(orient="records")],
+            )
+        )
+    return "\n".join(lines)
