@@ -4,7 +4,9 @@
     workload: {name: digits-mlp, options: {epochs: 4}}   # or just `workload: digits-mlp`
     # or your own: {name: "my_tasks:train", metric: {name: val_loss, direction: minimize}}
     optimizers: [hvadam, anon, adam]    # or a mapping: name -> search-space overrides
-    budget: {trials: 8, max_epochs: 4}  # trials per optimizer; max_epochs optional
+    budget: {trials: 8, max_epochs: 4}  # trials per optimizer; max_epochs optional; or
+                                        # {seconds: 600}: search seconds per optimizer, or both
+                                        # (whichever runs out first; docs/budgets.md)
     sampler: tpe                        # tpe | random | cmaes | gp | grid | qmc, or e.g.
                                         # {name: grid, points: 5} (studies/samplers.py)
     pruner: median                      # hyperband | median | none
@@ -23,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -76,7 +79,7 @@ TOP_KEYS = (
     "artifacts",
 )
 REQUIRED = ("name", "workload", "optimizers", "budget")
-BUDGET_KEYS = ("trials", "max_epochs")
+BUDGET_KEYS = ("trials", "seconds", "max_epochs")
 CONFIRM_KEYS = ("seeds",)
 # Matched whole (`fullmatch`: a `$` would let a final newline through).
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -116,7 +119,7 @@ class CampaignSpec:
     workload: str
     workload_options: dict[str, Any]
     optimizers: tuple[OptimizerEntry, ...]
-    trials: int
+    trials: int | None  # None: only a seconds budget
     max_epochs: int | None
     sampler: str
     pruner: str
@@ -135,6 +138,8 @@ class CampaignSpec:
     sampler_options: dict[str, Any] = field(default_factory=dict)
     # Live notes and checkpoints (studies/live.py `LiveSettings`); not hashed.
     live: Any = None
+    # Search seconds per optimizer (studies/budget.py); hashed when given.
+    seconds: float | None = None
 
     def normalized(self) -> dict[str, Any]:
         """The spec with every default filled in, in one canonical form (what the hash covers)."""
@@ -152,7 +157,11 @@ class CampaignSpec:
                 }
                 for e in self.optimizers
             },
-            "budget": {"trials": self.trials, "max_epochs": self.max_epochs},
+            "budget": {
+                "trials": self.trials,
+                "max_epochs": self.max_epochs,
+                **({"seconds": self.seconds} if self.seconds is not None else {}),
+            },
             "sampler": (
                 {"name": self.sampler, **self.sampler_options}
                 if self.sampler_options
@@ -380,9 +389,14 @@ def parse_spec(
     extra = sorted(set(map(str, budget)) - set(BUDGET_KEYS))
     if extra:
         raise fail(f"budget.{extra[0]}", f"unknown key; allowed: {', '.join(BUDGET_KEYS)}")
-    if "trials" not in budget:
-        raise fail("budget.trials", "missing (the number of trials per optimizer)")
-    trials = _positive_int(budget["trials"], "budget.trials", fail)
+    if "trials" not in budget and "seconds" not in budget:
+        raise fail(
+            "budget.trials",
+            "missing: give budget.trials (trials per optimizer), budget.seconds (search seconds "
+            "per optimizer) or both",
+        )
+    trials = _positive_int(budget["trials"], "budget.trials", fail) if "trials" in budget else None
+    seconds = _positive_seconds(budget["seconds"], fail) if "seconds" in budget else None
     max_epochs = budget.get("max_epochs")
     if max_epochs is not None:
         max_epochs = _positive_int(max_epochs, "budget.max_epochs", fail)
@@ -432,6 +446,7 @@ def parse_spec(
         workload_options=options,
         optimizers=optimizers,
         trials=trials,
+        seconds=seconds,
         max_epochs=max_epochs,
         sampler=sampler,
         sampler_options=sampler_options,
@@ -450,6 +465,13 @@ def _positive_int(value: Any, key: str, fail: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise fail(key, f"must be an integer >= 1, got {value!r}")
     return value
+
+
+def _positive_seconds(value: Any, fail: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value <= 0:
+        raise fail("budget.seconds", f"must be a number of seconds > 0, got {value!r}")
+    return float(value)
 
 
 def _parse_workload(value: Any, fail: Any) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
