@@ -54,7 +54,7 @@ SPEC = {
     "budget": {"seconds": SECONDS},
     "sampler": "random",
     "pruner": "none",
-    "confirm": {"seeds": 1},
+    "confirm": {"seeds": 0},  # the search is what is measured (a confirm run writes notes)
     "seed": 0,
     "device": "cpu",
 }
@@ -84,8 +84,6 @@ def check_seconds_budget(url: str, name: str, workers: int) -> None:
             assert before["wall_time"].sum() < SECONDS, (label, run["trial_number"])
     if workers > 1:
         assert search["worker"].nunique() >= 2  # the trials really ran side by side
-    confirm = runs[runs["phase"] == "confirm"]
-    assert sorted(confirm["optimizer"]) == ["adam", "sgd"]
 
 
 def pd_ms(ms: int):
@@ -130,12 +128,15 @@ def test_seconds_budget_on_the_ray_backend(tmp_path):
 
 def test_trials_and_seconds_whichever_runs_out_first(tmp_path):
     # 2 trials run out long before 100 s; the search ends at 2 trials.
-    path = write_campaign(tmp_path / "both", budget={"trials": 2, "seconds": 100})
+    path = write_campaign(
+        tmp_path / "both", budget={"trials": 2, "seconds": 100}, confirm={"seeds": 1}
+    )
     spec = load_spec(path)
     url = f"sqlite:///{tmp_path / 'both.db'}"
     run_campaign(spec, RunnerConfig(storage=url))
     runs = runs_frame(url, "secs")
     assert (runs[runs["phase"] == "search"].groupby("optimizer").size() == 2).all()
+    assert sorted(runs[runs["phase"] == "confirm"]["optimizer"]) == ["adam", "sgd"]
     assert campaign_status(url, "secs")[0]["search_progress"].startswith("2/2, 0/100 s")
 
 
