@@ -218,3 +218,39 @@ def test_what_grows():
     ]
     with pytest.raises(GrowthRefused, match="schedule added"):
         growth(base.normalized(), {**base.normalized(), "schedule": {"name": "cosine"}})
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_campaign_grows_on_the_ray_backend(folder):
+    pytest.importorskip("ray")
+    from studies.ray_backend import ray_session, run_campaign_ray
+
+    url = f"sqlite:///{folder / 'grow-ray.db'}"
+    first = spec_of(folder, ray={"scheduler": "fifo"})
+    run_campaign(first, RunnerConfig(storage=url))
+    before = rows(url)
+    grown = spec_of(
+        folder,
+        optimizers=["adam", "sgd"],
+        budget={"trials": 4},
+        confirm={"seeds": 2},
+        ray={"scheduler": "fifo"},
+        max_concurrent=2,
+    )
+    with ray_session(num_cpus=2):
+        run_campaign_ray(grown, RunnerConfig(storage=url))
+        with pytest.raises(CampaignError, match="was grown since this spec"):
+            run_campaign_ray(first, RunnerConfig(storage=url))
+    after = rows(url)
+    assert after[: len(before)] == before
+    new = [(r[1], r[2], r[3], r[4]) for r in after[len(before) :]]
+    assert sorted((o, n) for o, p, n, _ in new if p == "search") == [("adam", 3)] + [
+        ("sgd", n) for n in range(4)
+    ]
+    seeds = [confirm_seed(0, 0), confirm_seed(0, 1)]
+    confirm = sorted((o, n, s) for o, p, n, s in new if p == "confirm")
+    assert confirm == [("adam", 3, s) for s in seeds] + [("sgd", 3, s) for s in seeds]
+    assert campaign_complete(grown, url)
+    compare = compare_frame(url, "grow").set_index("optimizer")
+    assert list(compare["confirm_seeds"]) == [2, 2]
