@@ -225,10 +225,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                     c["name"],
                     c["workload"],
                     str(len(st)),
-                    f"{sum(r['search_done'] for r in st)}/"
-                    + str(
-                        sum(r["budget"] or 0 for r in st) if all(r["budget"] for r in st) else "-"
-                    ),
+                    f"{sum(r['search_done'] for r in st)}"
+                    + (f"/{sum(r['budget'] for r in st)}" if all(r["budget"] for r in st) else ""),
                     f"{sum(r['confirm_done'] for r in st)}/{sum(r['confirm_seeds'] for r in st)}",
                     "done" if all(r["phase"] == "done" for r in st) else "running/incomplete",
                 ]

@@ -100,4 +100,8 @@ def search_progress(done: int, budget: Budget, spent: float) -> str:
     trials = f"{done}/{budget.trials}" if budget.trials is not None else f"{done} trials"
     if budget.seconds is None:
         return trials
-    return f"{trials}, {spent:.0f}/{budget.seconds:g} s"
+    return f"{trials}, {_seconds(spent)}/{_seconds(budget.seconds)} s"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
