@@ -38,6 +38,7 @@ from studies.storage import get_engine, read_connection, with_retries
 __all__ = [
     "FREE_KEYS",
     "GrowthRefused",
+    "check_spec_current",
     "grow_stored_spec",
     "growth",
     "release_superseded",
@@ -243,3 +244,20 @@ def release_superseded(url: str, campaign: str, optimizer: str, best_trial: int)
             return int(conn.execute(sa.delete(ClaimRow).where(*where)).rowcount)
 
     return with_retries(txn)
+
+
+def check_spec_current(url: str, spec: Any) -> None:
+    """Raise `CampaignError` when the campaign's stored spec is no longer `spec` (it was grown
+    while this worker ran): the worker stops, to be restarted with the grown spec."""
+    engine = get_engine(url)
+    with read_connection(engine) as conn:
+        stored = conn.execute(
+            sa.select(CampaignRow.spec_hash).where(CampaignRow.name == spec.name)
+        ).scalar()
+    if stored is not None and stored != spec.spec_hash:
+        from studies.campaign import CampaignError
+
+        raise CampaignError(
+            f"campaign {spec.name!r} was grown while this worker ran (stored spec hash {stored}, "
+            f"this worker's {spec.spec_hash}); restart it with the new spec"
+        )

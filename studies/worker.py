@@ -38,7 +38,7 @@ from studies.artifacts import ARTIFACTS_ENV, resolve_artifacts, upload_checkpoin
 from studies.budget import Budget, can_start, count_trials, search_spend, warm_up
 from studies.campaign import CampaignError, quiet_optuna
 from studies.events import Counts, Event
-from studies.growth import release_superseded, spec_mismatch
+from studies.growth import check_spec_current, release_superseded, spec_mismatch
 from studies.live import LiveNotes
 from studies.results import ResultsDB
 from studies.results.claims import confirmed, open_slots
@@ -173,6 +173,7 @@ class Worker:
         try:
             while True:
                 check_storage_identity(self.config.storage, self._storage_identity)
+                check_spec_current(self.config.storage, self.spec)  # not grown meanwhile
                 if self._search_step():
                     continue
                 if self.confirm_step():

@@ -79,6 +79,7 @@ def test_growing_runs_only_the_new_work(folder):
     url = f"sqlite:///{folder / 'grow.db'}"
     first = spec_of(folder)
     run_campaign(first, RunnerConfig(storage=url))
+    stale = Worker(first, RunnerConfig(storage=url))  # a worker on the spec before growing
     before = rows(url)
     assert [(r[1], r[2], r[3]) for r in before] == [
         ("adam", "search", 0),
@@ -124,6 +125,8 @@ def test_growing_runs_only_the_new_work(folder):
         assert study.user_attrs["spec_hash"] == grown.spec_hash
         assert study.user_attrs["budget_trials"] == 5
     # A worker still on the older spec is told to restart with the new one.
+    with pytest.raises(CampaignError, match=r"was grown while this worker ran.*restart it"):
+        stale.run()
     with pytest.raises(
         CampaignError, match=r"was grown since this spec.*restart with the new spec"
     ):
