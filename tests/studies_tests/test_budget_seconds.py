@@ -11,11 +11,13 @@ values are refused naming the key.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import write_spec
+from helpers import subprocess_env, write_spec
 
 from studies.budget import Budget, Spend, can_start, projected_seconds, search_finished
 from studies.events import Counts
@@ -99,7 +101,20 @@ def test_seconds_budget_with_two_optuna_workers(tmp_path):
     assert spec.trials is None and spec.seconds == SECONDS
     assert spec.normalized()["budget"] == {"trials": None, "max_epochs": None, "seconds": SECONDS}
     url = f"sqlite:///{tmp_path / 'secs.db'}"
-    run_campaign(spec, RunnerConfig(storage=url, poll_interval=0.05), workers=2)
+    # In a fresh process: its second worker is forked at once (a process running other threads,
+    # a Ray test's, would spawn it, and its imports could outlast this short search).
+    code = (
+        "import sys; from studies.runner import RunnerConfig, run_campaign; "
+        "from studies.spec import load_spec; "
+        "run_campaign(load_spec(sys.argv[1]), RunnerConfig(storage=sys.argv[2], "
+        "poll_interval=0.05), workers=2)"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(path), url],
+        env=subprocess_env(),
+        check=True,
+        timeout=300,
+    )
     assert campaign_complete(spec, url)
     check_seconds_budget(url, "secs", workers=2)
     status = {r["optimizer"]: r for r in campaign_status(url, "secs")}
