@@ -30,7 +30,7 @@ def progress_markdown(progress: dict[str, dict[str, Any]]) -> str:
     ]
     for label, p in progress.items():
         lines.append(
-            f"| {label} | {p['search_done']}/{p['budget']} | "
+            f"| {label} | {p['search_progress']} | "
             f"{p['confirm_done']}/{p['confirm_seeds']} | {p['pruned']} | {p['failed']} | "
             f"{p['running']} |"
         )

@@ -14,6 +14,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from studies.budget import Budget, count_trials, search_spend
+from studies.growth import GrowthRefused, grow_stored_spec, growth
 from studies.results import ResultsDB
 from studies.space_check import check_space_values
 from studies.spec import CampaignSpec
@@ -58,6 +60,7 @@ def prepare_campaign(spec: CampaignSpec, storage: str) -> dict[str, Any]:
         rdb = optuna_storage(storage, create_tables=True)
         db.create_tables()
         try:
+            grow_stored_spec(storage, spec)  # a spec that only grows the campaign continues it
             db.register_campaign(
                 name=spec.name,
                 spec_hash=spec.spec_hash,
@@ -66,8 +69,14 @@ def prepare_campaign(spec: CampaignSpec, storage: str) -> dict[str, Any]:
                 metric=workload.metric,
                 direction=workload.direction,
             )
-        except ValueError as exc:
+        except ValueError as exc:  # GrowthRefused names what changed
             raise CampaignError(str(exc)) from None
+        attrs_grown = {
+            "spec_hash": spec.spec_hash,
+            "spec": normalized,
+            "budget_trials": spec.trials,
+            **({"budget_seconds": spec.seconds} if spec.seconds is not None else {}),
+        }
         for label, space in spaces.items():
             name = spec.study_name(label)
             try:
@@ -77,11 +86,16 @@ def prepare_campaign(spec: CampaignSpec, storage: str) -> dict[str, Any]:
             if study is not None:
                 stored = study.user_attrs.get("spec_hash")
                 if stored != spec.spec_hash:
-                    raise CampaignError(
-                        f"study {name!r} already exists in {mask_url(storage)} with a different "
-                        f"spec (stored hash {stored}, this spec {spec.spec_hash}); give the "
-                        f"changed campaign a new name, or use another storage"
-                    )
+                    try:  # the campaign row grew above; its studies follow (and were checked)
+                        growth(study.user_attrs.get("spec") or {}, normalized)
+                    except GrowthRefused as exc:
+                        raise CampaignError(
+                            f"study {name!r} already exists in {mask_url(storage)} with a "
+                            f"different spec (stored hash {stored}, this spec "
+                            f"{spec.spec_hash}): {exc}"
+                        ) from None
+                    for key, value in attrs_grown.items():
+                        study.set_user_attr(key, value)
                 if study.metric_names != [workload.metric]:  # a study made before they were set
                     study.set_metric_names([workload.metric])
                 continue
@@ -93,11 +107,9 @@ def prepare_campaign(spec: CampaignSpec, storage: str) -> dict[str, Any]:
                 "workload": spec.workload,
                 "optimizer": label,
                 "optimizer_class": space.optimizer,
-                "spec_hash": spec.spec_hash,
-                "spec": normalized,
                 "metric": workload.metric,
                 "direction": workload.direction,
-                "budget_trials": spec.trials,
+                **attrs_grown,
             }
             for key, value in attrs.items():
                 study.set_user_attr(key, value)
@@ -116,17 +128,15 @@ def campaign_complete(spec: CampaignSpec, storage: str) -> bool:
     db = ResultsDB(storage)
     claims = db.claims(spec.name, "confirm")
     with_best = set()
+    budget = Budget.of(spec)
+    spend = search_spend(storage, spec.name) if spec.seconds else {}
     try:
         for label in spec.labels:
             study = optuna.load_study(study_name=spec.study_name(label), storage=rdb)
-            used = running = 0
-            has_complete = False
-            for t in study.get_trials(deepcopy=False):
-                used += "failed_trial" not in t.system_attrs
-                running += t.state in (TrialState.RUNNING, TrialState.WAITING)
-                has_complete = has_complete or t.state == TrialState.COMPLETE
-            if used < spec.trials or running:
+            trials = study.get_trials(deepcopy=False)
+            if not count_trials(trials, spend.get(label)).search_finished(budget):
                 return False
+            has_complete = any(t.state == TrialState.COMPLETE for t in trials)
             if has_complete:
                 with_best.add(label)
                 done = sum(

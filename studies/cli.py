@@ -176,7 +176,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(
             f"campaign {spec.name!r}: workload {spec.workload}, {len(spec.labels)} optimizers x "
-            f"{spec.trials} trials, confirm on {spec.confirm_seeds} seeds; storage {mask_url(url)}"
+            f"{_budget_text(spec)}, confirm on {spec.confirm_seeds} seeds; "
+            f"storage {mask_url(url)}"
         )
         from studies.artifacts import resolve_artifacts
 
@@ -224,7 +225,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                     c["name"],
                     c["workload"],
                     str(len(st)),
-                    f"{sum(r['search_done'] for r in st)}/{sum(r['budget'] for r in st)}",
+                    f"{sum(r['search_done'] for r in st)}"
+                    + (f"/{sum(r['budget'] for r in st)}" if all(r["budget"] for r in st) else ""),
                     f"{sum(r['confirm_done'] for r in st)}/{sum(r['confirm_seeds'] for r in st)}",
                     "done" if all(r["phase"] == "done" for r in st) else "running/incomplete",
                 ]
@@ -238,7 +240,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         [
             r["optimizer"],
             r["phase"],
-            f"{r['search_done']}/{r['budget']}",
+            r["search_progress"],
             str(r["complete"]),
             str(r["pruned"]),
             str(r["failed"]),
@@ -301,6 +303,12 @@ def compare_across(url: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget_text(spec: Any) -> str:
+    from studies.budget import Budget
+
+    return Budget.of(spec).describe()
+
+
 def cmd_specs(args: argparse.Namespace) -> int:
     from studies.spec import available_specs, load_spec
 
@@ -312,7 +320,7 @@ def cmd_specs(args: argparse.Namespace) -> int:
                 name,
                 spec.workload,
                 ", ".join(spec.labels),
-                str(spec.trials),
+                _budget_text(spec),
                 str(spec.confirm_seeds),
                 spec.description,
             ]

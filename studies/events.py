@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from studies.budget import Budget, Spend, search_finished
 
 __all__ = ["Counts", "Event"]
 
@@ -13,9 +15,12 @@ class Counts:
     waiting: int = 0
     running: int = 0
     finished: int = 0
+    elapsed: list[float] = field(default_factory=list)  # seconds each running trial has run
+    spend: Spend = field(default_factory=Spend)  # finished search runs' wall time
 
-    def search_finished(self, budget: int) -> bool:
-        return self.used >= budget and self.waiting == 0 and self.running == 0
+    def search_finished(self, budget: Budget | int) -> bool:
+        """Whether the search is over under `budget` (studies/budget.py; an int: trials)."""
+        return search_finished(budget, self)
 
 
 @dataclass

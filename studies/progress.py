@@ -1,7 +1,7 @@
 """Progress of a running campaign: a bar per optimizer on a terminal, a line per run otherwise.
 
-Each bar shows trials done of the budget plus confirm runs, the best value so far and the
-phase (search, confirm, done). When the output is not a terminal (a log file, CI) every
+Each bar shows trials done of the budget plus confirm runs (with a seconds budget, the search
+seconds spent of it too), the best value so far and the phase (search, confirm, done). When the output is not a terminal (a log file, CI) every
 finished run prints one line instead.
 """
 
@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from studies.budget import Budget
 from studies.runner import Event
 from studies.spec import CampaignSpec
 
@@ -22,6 +23,7 @@ __all__ = ["Progress"]
 class _State:
     search: int = 0
     confirm: int = 0
+    seconds: float = 0.0  # finished search runs' wall time
     best: float = math.nan
 
 
@@ -54,6 +56,7 @@ class Progress:
         self.seen: set[int] = set()
         self.last_id = 0
         self._bars: dict[str, Any] = {}
+        self.budget = Budget.of(spec)
 
     def start(self, history: list[Event]) -> None:
         """Take in what was done before this command (a resumed campaign), printing nothing."""
@@ -68,7 +71,8 @@ class Progress:
             # workers are forked from this process, which must then run no other thread.
             tqdm.monitor_interval = 0
             width = max(len(label) for label in self.spec.labels)
-            total = self.spec.trials + self.spec.confirm_seeds
+            trials = self.spec.trials
+            total = None if trials is None else trials + self.spec.confirm_seeds
             for i, label in enumerate(self.spec.labels):
                 bar = tqdm(
                     total=total,
@@ -102,7 +106,8 @@ class Progress:
         )
         if event.phase == "search":
             if not lost:
-                state.search = min(state.search + 1, self.spec.trials)
+                state.search = min(state.search + 1, self.spec.trials or state.search + 1)
+            state.seconds += event.wall_time or 0.0
             if event.status == "complete" and event.value is not None:
                 v = float(event.value)
                 better = v > state.best if self.maximize else v < state.best
@@ -114,7 +119,8 @@ class Progress:
 
     def phase(self, label: str) -> str:
         s = self.state[label]
-        if s.search < self.spec.trials:
+        trials, seconds = self.budget.trials, self.budget.seconds
+        if (trials is None or s.search < trials) and (seconds is None or s.seconds < seconds):
             return "search"
         if s.confirm < self.spec.confirm_seeds:
             return "confirm"
@@ -127,7 +133,8 @@ class Progress:
         s = self.state[label]
         bar.n = s.search + s.confirm
         bar.set_postfix_str(
-            f"best {self.metric}={_fmt(s.best)} | {self.phase(label)}", refresh=False
+            f"best {self.metric}={_fmt(s.best)}{self._spent(s)} | {self.phase(label)}",
+            refresh=False,
         )
         bar.refresh()
 
@@ -144,11 +151,15 @@ class Progress:
         took = f" {event.wall_time:.1f}s" if event.wall_time is not None else ""
         print(
             f"[{self.spec.name}] {event.optimizer} {event.phase} {where} {event.status}"
-            f"{' ' + value if value else ''}{reason}{took} | search {s.search}/{self.spec.trials}"
-            f" confirm {s.confirm}/{self.spec.confirm_seeds} best {_fmt(s.best)}",
+            f"{' ' + value if value else ''}{reason}{took} | search {s.search}/{self.spec.trials or '-'}"
+            f"{self._spent(s)} confirm {s.confirm}/{self.spec.confirm_seeds} best {_fmt(s.best)}",
             file=self.stream,
             flush=True,
         )
+
+    def _spent(self, s: _State) -> str:
+        seconds = self.budget.seconds
+        return "" if seconds is None else f" ({s.seconds:.0f}/{seconds:g} s)"
 
     def close(self) -> None:
         for bar in self._bars.values():

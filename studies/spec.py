@@ -4,7 +4,9 @@
     workload: {name: digits-mlp, options: {epochs: 4}}   # or just `workload: digits-mlp`
     # or your own: {name: "my_tasks:train", metric: {name: val_loss, direction: minimize}}
     optimizers: [hvadam, anon, adam]    # or a mapping: name -> search-space overrides
-    budget: {trials: 8, max_epochs: 4}  # trials per optimizer; max_epochs optional
+    budget: {trials: 8, max_epochs: 4}  # trials per optimizer; max_epochs optional; or
+                                        # {seconds: 600}: search seconds per optimizer, or both
+                                        # (whichever runs out first; docs/budgets.md)
     sampler: tpe                        # tpe | random | cmaes | gp | grid | qmc, or e.g.
                                         # {name: grid, points: 5} (studies/samplers.py)
     pruner: median                      # hyperband | median | none
@@ -28,7 +30,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ from search_spaces.schedule import spec_block
 from studies.samplers import PRUNERS as _PRUNER_TABLE
 from studies.samplers import SAMPLERS as _SAMPLER_TABLE
 from studies.samplers import parse_pruner, parse_sampler
+from studies.spec_keys import MAX_CONFIRM_SEEDS, parse_budget, parse_confirm, parse_target
 
 __all__ = [
     "MAX_CONFIRM_SEEDS",
@@ -86,8 +88,6 @@ TOP_KEYS = (
     "artifacts",
 )
 REQUIRED = ("name", "workload", "optimizers", "budget")
-BUDGET_KEYS = ("trials", "max_epochs")
-CONFIRM_KEYS = ("seeds",)
 # Matched whole (`fullmatch`: a `$` would let a final newline through).
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d{1,4}|mps")
@@ -95,8 +95,6 @@ DEVICE_RE = re.compile(r"auto|cpu|cuda|cuda:\d{1,4}|mps")
 # tables hold a campaign name in 255 and an optimizer label in 64.
 MAX_NAME_LENGTH = 255
 MAX_LABEL_LENGTH = 64
-# Confirm runs per optimizer: each is a full training run; a thousand is far beyond any use.
-MAX_CONFIRM_SEEDS = 1000
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -132,7 +130,7 @@ class CampaignSpec:
     workload: str
     workload_options: dict[str, Any]
     optimizers: tuple[OptimizerEntry, ...]
-    trials: int
+    trials: int | None  # None: only a seconds budget
     max_epochs: int | None
     sampler: str
     pruner: str
@@ -157,6 +155,8 @@ class CampaignSpec:
     sweeps: tuple[Any, ...] = ()
     # `target: {value: V}`: the value compare and the report measure time-to-target against.
     target: float | None = None
+    # Search seconds per optimizer (studies/budget.py); hashed when given.
+    seconds: float | None = None
 
     def normalized(self) -> dict[str, Any]:
         """The spec with every default filled in, in one canonical form (what the hash covers)."""
@@ -175,7 +175,11 @@ class CampaignSpec:
                 }
                 for e in self.optimizers
             },
-            "budget": {"trials": self.trials, "max_epochs": self.max_epochs},
+            "budget": {
+                "trials": self.trials,
+                "max_epochs": self.max_epochs,
+                **({"seconds": self.seconds} if self.seconds is not None else {}),
+            },
             "sampler": (
                 {"name": self.sampler, **self.sampler_options}
                 if self.sampler_options
@@ -406,33 +410,12 @@ def parse_spec(
     if schedule is not None:
         optimizers = tuple(replace(e, spec_schedule=schedule) for e in optimizers)
 
-    budget = data["budget"]
-    if not isinstance(budget, Mapping):
-        raise fail("budget", f"must be a mapping like {{trials: 20}}, got {budget!r}")
-    extra = sorted(set(map(str, budget)) - set(BUDGET_KEYS))
-    if extra:
-        raise fail(f"budget.{extra[0]}", f"unknown key; allowed: {', '.join(BUDGET_KEYS)}")
-    if "trials" not in budget:
-        raise fail("budget.trials", "missing (the number of trials per optimizer)")
-    trials = _positive_int(budget["trials"], "budget.trials", fail)
-    max_epochs = budget.get("max_epochs")
-    if max_epochs is not None:
-        max_epochs = _positive_int(max_epochs, "budget.max_epochs", fail)
+    trials, seconds, max_epochs = parse_budget(data["budget"], fail)
 
     sampler, sampler_options = parse_sampler(data.get("sampler", "tpe"), fail)
     pruner = parse_pruner(data.get("pruner", "median"), fail)
 
-    confirm = data.get("confirm", {"seeds": 3})
-    if not isinstance(confirm, Mapping):
-        raise fail("confirm", f"must be a mapping like {{seeds: 3}}, got {confirm!r}")
-    extra = sorted(set(map(str, confirm)) - set(CONFIRM_KEYS))
-    if extra:
-        raise fail(f"confirm.{extra[0]}", f"unknown key; allowed: {', '.join(CONFIRM_KEYS)}")
-    seeds = confirm.get("seeds", 3)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 0 <= seeds <= MAX_CONFIRM_SEEDS:
-        raise fail(
-            "confirm.seeds", f"must be an integer in [0, {MAX_CONFIRM_SEEDS}], got {seeds!r}"
-        )
+    seeds = parse_confirm(data.get("confirm", {"seeds": 3}), fail)
 
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
@@ -441,7 +424,7 @@ def parse_spec(
     if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
         raise fail("device", f"must be one of auto, cpu, cuda, cuda:N, mps; got {device!r}")
 
-    target = _parse_target(data, fail)
+    target = parse_target(data, fail)
     from studies.execution import parse_execution
 
     execution = parse_execution(data, fail)
@@ -469,6 +452,7 @@ def parse_spec(
         workload_options=options,
         optimizers=optimizers,
         trials=trials,
+        seconds=seconds,
         max_epochs=max_epochs,
         sampler=sampler,
         sampler_options=sampler_options,
@@ -483,29 +467,6 @@ def parse_spec(
         schedule=schedule,
         target=target,
     )
-
-
-def _positive_int(value: Any, key: str, fail: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise fail(key, f"must be an integer >= 1, got {value!r}")
-    return value
-
-
-def _parse_target(data: Mapping[str, Any], fail: Any) -> float | None:
-    if "target" not in data:
-        return None
-    target = data["target"]
-    if not isinstance(target, Mapping):
-        raise fail("target", f"must be a mapping like {{value: 0.1}}, got {target!r}")
-    extra = sorted(set(map(str, target)) - {"value"})
-    if extra:
-        raise fail(f"target.{extra[0]}", "unknown key; allowed: value")
-    if "value" not in target:
-        raise fail("target.value", "missing (the metric value to reach)")
-    value = target["value"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise fail("target.value", f"must be a finite number, got {value!r}")
-    return float(value)
 
 
 def _parse_workload(value: Any, fail: Any) -> tuple[str, dict[str, Any], dict[str, Any] | None]:

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from studies.budget import Budget
 from studies.seeds import sweep_seed
 from studies.spec import SpecError
 
@@ -284,7 +285,7 @@ def sweep_step(worker: Worker) -> bool:
         open_ = [s for s in _slots(sw, i) if (sw.optimizer, s) not in held]
         if not open_:
             continue
-        if not worker.counts(sw.optimizer).search_finished(worker.spec.trials):
+        if not worker.counts(sw.optimizer).search_finished(Budget.of(worker.spec)):
             continue
         best = worker._best_trial(sw.optimizer)
         if best is None:

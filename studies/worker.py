@@ -35,8 +35,10 @@ from optuna.trial import TrialState
 
 from search_spaces import SearchSpace
 from studies.artifacts import ARTIFACTS_ENV, resolve_artifacts, upload_checkpoint
+from studies.budget import Budget, can_start, count_trials, search_spend, warm_up
 from studies.campaign import CampaignError, quiet_optuna
 from studies.events import Counts, Event
+from studies.growth import check_spec_current, release_superseded, spec_mismatch
 from studies.live import LiveNotes
 from studies.results import ResultsDB
 from studies.results.claims import confirmed, open_slots
@@ -96,6 +98,7 @@ class Worker:
         cfg = self.config
         self.db = ResultsDB(cfg.storage)
         self.spaces = self.spec.load_spaces()
+        warm_up(self.spaces)  # torch's lazy imports, so that no trial's time pays for them
         self.workload = self.spec.build_workload()
         self.device = resolve_device(cfg.device or self.spec.device)
         if cfg.threads:
@@ -123,11 +126,9 @@ class Worker:
                     f"study {name!r} does not exist in {mask_url(cfg.storage)}; start the "
                     f"campaign with `hvadam tune` (or prepare_campaign) first"
                 ) from None
-            if study.user_attrs.get("spec_hash") != self.spec.spec_hash:
-                raise CampaignError(
-                    f"study {name!r} in {mask_url(cfg.storage)} belongs to a different spec "
-                    f"(hash {study.user_attrs.get('spec_hash')}, this spec {self.spec.spec_hash})"
-                )
+            if study.user_attrs.get("spec_hash") != self.spec.spec_hash:  # grown, or another
+                where = mask_url(cfg.storage)
+                raise CampaignError(spec_mismatch(name, study.user_attrs, self.spec, where))
             self.studies[label] = study
             self._study_label[name] = label
         self._storage_identity = storage_identity(cfg.storage)
@@ -136,6 +137,7 @@ class Worker:
         self._round = 0
         self._last_stale_check = 0.0
         self._best: dict[str, Any] = {}
+        self._released: set[str] = set()  # labels whose confirm claims of an old best are gone
         self.artifacts = resolve_artifacts(cfg.storage, cfg.artifacts)
         if self.artifacts is None and self.spec.live is not None and self.spec.live.checkpoints:
             raise CampaignError(
@@ -172,6 +174,7 @@ class Worker:
         try:
             while True:
                 check_storage_identity(self.config.storage, self._storage_identity)
+                check_spec_current(self.config.storage, self.spec)  # not grown meanwhile
                 if self._search_step():
                     continue
                 if self.confirm_step() or sweep_step(self):
@@ -226,17 +229,9 @@ class Worker:
     # -- search
 
     def counts(self, label: str) -> Counts:
-        counts = Counts()
-        for t in self.studies[label].get_trials(deepcopy=False):
-            if "failed_trial" not in t.system_attrs:
-                counts.used += 1
-            if t.state == TrialState.WAITING:
-                counts.waiting += 1
-            elif t.state == TrialState.RUNNING:
-                counts.running += 1
-            else:
-                counts.finished += 1
-        return counts
+        """The trial counts of `label` (with its search spend when the budget has seconds)."""
+        spend = search_spend(self.config.storage, self.spec.name) if self.spec.seconds else {}
+        return count_trials(self.studies[label].get_trials(deepcopy=False), spend.get(label))
 
     def _fail_stale(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -247,10 +242,10 @@ class Worker:
             with_retries(functools.partial(optuna.storages.fail_stale_trials, study))
 
     def _search_step(self) -> bool:
-        budget = self.spec.trials
+        budget = Budget.of(self.spec)
 
         def open_(counts: Counts) -> bool:
-            return bool(counts.waiting) or counts.used < budget
+            return can_start(budget, counts)
 
         # Rank the optimizers on counts read without the lock (reads run beside the other
         # workers'), then re-count under the lock only the one about to get a trial: the lock
@@ -446,6 +441,12 @@ class Worker:
 
     def confirm_step(self) -> bool:
         seeds = self.spec.confirm_seeds
+        for label in set(self.labels) - self._released:  # a grown search's new best trial
+            if self.counts(label).search_finished(Budget.of(self.spec)):
+                best = self._best_trial(label)
+                if best is not None:  # its confirm and sweep runs are run again
+                    release_superseded(self.config.storage, self.spec.name, label, best.number)
+                self._released.add(label)
         if seeds == 0:
             return False
         claims = self.db.claims(self.spec.name, "confirm")
@@ -460,7 +461,7 @@ class Worker:
             )
             if slots is None:
                 continue
-            if not self.counts(label).search_finished(self.spec.trials):
+            if not self.counts(label).search_finished(Budget.of(self.spec)):
                 continue
             best = self._best_trial(label)
             if best is None:
@@ -570,7 +571,7 @@ class Worker:
 
     def _all_done(self) -> bool:
         for label in self.labels:
-            if not self.counts(label).search_finished(self.spec.trials):
+            if not self.counts(label).search_finished(Budget.of(self.spec)):
                 return False
         if self.spec.confirm_seeds == 0:
             return sweeps_done(self)

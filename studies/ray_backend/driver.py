@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune import Callback
 
+from studies.budget import search_spend
 from studies.campaign import CampaignError, campaign_complete, prepare_campaign, quiet_optuna
 from studies.execution import Execution
 from studies.ray_backend.scheduler import PerOptimizerScheduler, make_scheduler
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from studies.workloads import Workload
 
 __all__ = ["run_campaign_ray"]
+
+# The trials an optimizer may start when only its seconds budget limits it.
+UNLIMITED = 10**9
 
 
 def _recover_interrupted(worker: Worker, label: str) -> None:
@@ -141,7 +145,8 @@ def run_campaign_ray(
             for label in spec.labels:
                 _recover_interrupted(driver, label)
                 counts = driver.counts(label)
-                asks[label] = max(0, spec.trials - counts.used) + counts.waiting
+                room = UNLIMITED if spec.trials is None else max(0, spec.trials - counts.used)
+                asks[label] = room + counts.waiting
                 used[label] = counts.used - counts.waiting
             if sum(asks.values()) or not campaign_complete(spec, config.storage):
                 runner = RunnerConfig(
@@ -212,10 +217,20 @@ def _search(
     tuner = tune.Tuner(
         runnable,
         tune_config=tune.TuneConfig(
-            search_alg=CampaignSearch(subs, asks, used, spec.confirm_seeds),
+            search_alg=CampaignSearch(
+                subs,
+                asks,
+                used,
+                spec.confirm_seeds,
+                seconds=spec.seconds,
+                spend=functools.partial(search_spend, runner.storage, spec.name),
+            ),
             scheduler=PerOptimizerScheduler(schedulers, stops),
             # The searcher ends the run; the extra room is for retried trials.
-            num_samples=2 * sum(asks.values()) + len(spec.labels) * spec.confirm_seeds,
+            # (-1: no limit; a seconds budget's searcher ends the run when it is spent.)
+            num_samples=-1
+            if spec.trials is None
+            else 2 * sum(asks.values()) + len(spec.labels) * spec.confirm_seeds,
             max_concurrent_trials=execution.max_concurrent,
             reuse_actors=True,
         ),

@@ -1,7 +1,8 @@
 """The searchers of a Ray run (in the driver): one for the campaign, one per optimizer's study.
 
-`CampaignSearch` hands each new trial to the optimizer with the fewest trials and, once an
-optimizer's search is done, queues its confirm runs. `StudySearch` is Ray's `OptunaSearch` on
+`CampaignSearch` hands each new trial to the optimizer with the fewest trials (among those
+whose budget, studies/budget.py, lets one start) and, once an optimizer's search is done,
+queues its confirm runs. `StudySearch` is Ray's `OptunaSearch` on
 one campaign study; it translates how each Ray trial ended into the Optuna trial's state (the
 run row itself is written by the trial, `studies.trial`), and fails and requeues lost trials.
 """
@@ -9,7 +10,9 @@ run row itself is written by the trial, `studies.trial`), and fails and requeues
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from studies.budget import Budget, Spend, can_start
+from studies.events import Counts
 from studies.ray_backend.session import LABEL_KEY, METRIC, PHASE_KEY
 from studies.results import ResultsDB, is_finite_number
 from studies.samplers import make_sampler
@@ -181,7 +186,12 @@ class CampaignSearch(Searcher):
         asks: dict[str, int],
         used: dict[str, int],
         confirm_seeds: int,
+        seconds: float | None = None,
+        spend: Callable[[], dict[str, Spend]] | None = None,
     ) -> None:
+        """`asks[label]`: trials that label may still start (its trial budget; a large number
+        for none); `seconds` and `spend` (the finished search runs' wall time, read from the
+        database): the seconds budget, gated as the Optuna backend's workers gate it."""
         mode = next(iter(subs.values())).mode
         super().__init__(metric=METRIC, mode=mode)
         self.subs = subs
@@ -191,9 +201,25 @@ class CampaignSearch(Searcher):
         self.order = list(subs)
         self.labels: dict[str, str] = {}
         self.confirm_seeds = confirm_seeds
+        self.seconds = seconds
+        self.spend = spend
+        self.started: dict[str, float] = {}  # trial id -> when it was suggested (time.time())
         self.confirm_queue = [
-            label for label in self.order if not asks[label] for _ in range(confirm_seeds)
+            label for label in self.order if not self._open(label) for _ in range(confirm_seeds)
         ]
+
+    def _open(self, label: str, spend: dict[str, Spend] | None = None) -> bool:
+        """Whether a new search trial of `label` may start (its trials and seconds budgets)."""
+        if self.asks[label] <= 0:
+            return False
+        if self.seconds is None or self.spend is None:
+            return True
+        spend = self.spend() if spend is None else spend
+        now = time.time()
+        counts = Counts(running=self.running[label])
+        counts.elapsed = [now - t for i, t in self.started.items() if self.labels[i] == label]
+        counts.spend = spend.get(label, Spend())
+        return can_start(Budget(seconds=self.seconds), counts)
 
     def set_search_properties(self, metric: Any, mode: Any, config: Any, **spec: Any) -> bool:
         return True
@@ -201,7 +227,8 @@ class CampaignSearch(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if self.confirm_queue:
             return {LABEL_KEY: self.confirm_queue.pop(0), PHASE_KEY: "confirm"}
-        open_labels = [label for label in self.order if self.asks[label] > 0]
+        spend = self.spend() if self.seconds is not None and self.spend is not None else {}
+        open_labels = [label for label in self.order if self._open(label, spend)]
         if not open_labels:
             # Nothing to search; wait while searches run (their confirm runs follow).
             return None if any(self.running.values()) else Searcher.FINISHED
@@ -211,6 +238,7 @@ class CampaignSearch(Searcher):
         self.used[label] += 1
         self.running[label] += 1
         self.labels[trial_id] = label
+        self.started[trial_id] = time.time()
         return {**config, LABEL_KEY: label, PHASE_KEY: "search"}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -220,13 +248,15 @@ class CampaignSearch(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        label = self.labels.pop(trial_id, None)
+        label = self.labels.get(trial_id)
         if label is None:
             return  # a confirm trial
         if self.subs[label].finish(trial_id, result, error):
             self.asks[label] += 1  # the retry (queued in the study) still has to run
         self.running[label] -= 1
-        if not self.asks[label] and not self.running[label]:
+        del self.labels[trial_id]
+        self.started.pop(trial_id, None)
+        if not self.running[label] and not self._open(label):
             self.confirm_queue.extend([label] * self.confirm_seeds)
 
     def save(self, checkpoint_path: str) -> None:

@@ -171,6 +171,8 @@ def compare_frame(storage: str | None, campaign: str) -> pd.DataFrame:
         search = mine[mine["phase"] == "search"]
         done = search[search["status"] == "complete"].dropna(subset=["value"])
         confirm = mine[(mine["phase"] == "confirm") & (mine["status"] == "complete")]
+        if len(confirm):  # the trial confirmed last (a grown campaign's new best: docs/budgets.md)
+            confirm = confirm[confirm["trial_number"] == confirm["trial_number"].iloc[-1]]
         confirm_values = confirm["value"].dropna()
         best_value, best_trial = math.nan, pd.NA
         if len(done):

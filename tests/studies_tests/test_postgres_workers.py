@@ -163,7 +163,7 @@ def test_the_password_never_appears_in_outputs_exports_or_errors(postgres_url, t
     record("no-server", hvadam("tune", str(spec_file), url=dead, cwd=tmp_path), 2)
     record("no-database", hvadam("compare", "pw", url=missing_db, cwd=tmp_path), 2)
     record("no-campaign", hvadam("compare", "nope", url=postgres_url, cwd=tmp_path), 2)
-    changed = write_spec(tmp_path, SPEC, name="pw", optimizers=["adam"], budget={"trials": 3})
+    changed = write_spec(tmp_path, SPEC, name="pw", optimizers=["adam"], seed=12)
     record("conflict", hvadam("tune", str(changed), url=postgres_url, cwd=tmp_path), 2)
     record(
         "bad-url",

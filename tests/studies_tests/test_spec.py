@@ -102,7 +102,7 @@ def test_workload_options_may_be_given_flat_or_nested():
         ({"budget": {"max_epochs": 3}}, "budget.trials: missing"),
         (
             {"budget": {"trials": 3, "hours": 2}},
-            "budget.hours: unknown key; allowed: trials, max_epochs",
+            "budget.hours: unknown key; allowed: trials, seconds, max_epochs",
         ),
         ({"budget": 10}, "budget: must be a mapping like {trials: 20}"),
         ({"budget": {"trials": 3, "max_epochs": -1}}, "budget.max_epochs: must be an integer >= 1"),
