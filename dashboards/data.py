@@ -176,8 +176,13 @@ def from_frames(
     storage: str | None = None,
     study_attrs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> CampaignData:
-    """Campaign data from already-read frames (and the studies' user attrs, if known)."""
-    runs = runs.copy()
+    """Campaign data from already-read frames (and the studies' user attrs, if known).
+
+    Confirm and sweep runs of a superseded best trial (a grown campaign) are left out.
+    """
+    from studies.results import current_reruns
+
+    runs = current_reruns(runs).copy()
     for col in ("hyperparameters", "metrics", "extras"):
         if col in runs:
             runs[col] = runs[col].map(_as_dict)

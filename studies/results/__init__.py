@@ -29,6 +29,7 @@ from studies.results.frames import (
     CURVE_COLUMNS,
     RUN_COLUMNS,
     compare_frame,
+    current_reruns,
     curves_frame,
     runs_frame,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "compare_frame",
     "compare_groups",
     "comparison_tables",
+    "current_reruns",
     "curves_frame",
     "expected_best_curve",
     "finite_or_none",

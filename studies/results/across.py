@@ -113,7 +113,7 @@ class _Campaign:
 def _confirm_values(db: ResultsDB, campaign: str) -> dict[str, list[float]]:
     """Complete confirm runs' values per optimizer, in run order (one narrow query)."""
     stmt = (
-        sa.select(RunRow.optimizer, RunRow.value)
+        sa.select(RunRow.optimizer, RunRow.trial_number, RunRow.value)
         .where(
             RunRow.campaign == campaign,
             RunRow.phase == "confirm",
@@ -122,12 +122,14 @@ def _confirm_values(db: ResultsDB, campaign: str) -> dict[str, list[float]]:
         )
         .order_by(RunRow.id)
     )
-    out: dict[str, list[float]] = {}
+    by_trial: dict[str, dict[Any, list[float]]] = {}
     with read_connection(db.engine) as conn:
-        for opt, value in conn.execute(stmt):
+        for opt, trial, value in conn.execute(stmt):
             if value is not None and math.isfinite(float(value)):
-                out.setdefault(str(opt), []).append(float(value))
-    return out
+                by_trial.setdefault(str(opt), {}).setdefault(trial, []).append(float(value))
+    # The trial confirmed last: a grown campaign's new best (docs/budgets.md); a best trial is
+    # only ever replaced by a later, better one, so it is the last one first seen.
+    return {opt: list(trials.values())[-1] for opt, trials in by_trial.items()}
 
 
 def _classes(db: ResultsDB, campaign: str, labels: Sequence[str]) -> dict[str, str]:

@@ -22,6 +22,7 @@ __all__ = [
     "CURVE_COLUMNS",
     "RUN_COLUMNS",
     "compare_frame",
+    "current_reruns",
     "curves_frame",
     "runs_frame",
 ]
@@ -148,6 +149,30 @@ def curves_frame(storage: str | None, campaign: str) -> pd.DataFrame:
     return frame
 
 
+def current_reruns(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` without the confirm and sweep runs of a superseded best trial.
+
+    Confirm and sweep runs re-run an optimizer's best search trial (their `trial_number`). When
+    a grown campaign's search finds a new best, that trial is confirmed and swept anew and the
+    earlier runs stay in the database (docs/budgets.md); the current ones are those of the trial
+    the optimizer's last run of the phase re-ran. Search runs are all kept.
+    """
+    if runs.empty:
+        return runs
+    rerun = runs["phase"].isin(("confirm", "sweep"))
+    if not rerun.any():
+        return runs
+    latest = (
+        runs.loc[rerun].sort_values("run_id").groupby(["optimizer", "phase"])["trial_number"].last()
+    )
+    keys = list(zip(runs["optimizer"], runs["phase"], strict=True))
+    current = [
+        not is_rerun or latest.get(key) == number
+        for is_rerun, key, number in zip(rerun, keys, runs["trial_number"], strict=True)
+    ]
+    return runs.loc[current]
+
+
 def compare_frame(storage: str | None, campaign: str) -> pd.DataFrame:
     """One row per optimizer of `campaign`: best search value, confirm statistics, counts, time.
 
@@ -161,7 +186,8 @@ def compare_frame(storage: str | None, campaign: str) -> pd.DataFrame:
     info = ResultsDB(url).campaign(campaign)
     if info is None:
         raise KeyError(f"no campaign {campaign!r} in this storage")
-    runs = runs_frame(url, campaign)
+    every = runs_frame(url, campaign)
+    runs = current_reruns(every)
     direction = info["direction"]
     maximize = direction == "maximize"
     optimizers = list(info["spec"].get("optimizers", {})) or sorted(runs["optimizer"].unique())
@@ -171,8 +197,6 @@ def compare_frame(storage: str | None, campaign: str) -> pd.DataFrame:
         search = mine[mine["phase"] == "search"]
         done = search[search["status"] == "complete"].dropna(subset=["value"])
         confirm = mine[(mine["phase"] == "confirm") & (mine["status"] == "complete")]
-        if len(confirm):  # the trial confirmed last (a grown campaign's new best: docs/budgets.md)
-            confirm = confirm[confirm["trial_number"] == confirm["trial_number"].iloc[-1]]
         confirm_values = confirm["value"].dropna()
         best_value, best_trial = math.nan, pd.NA
         if len(done):
@@ -193,7 +217,9 @@ def compare_frame(storage: str | None, campaign: str) -> pd.DataFrame:
                 "trials_complete": int((search["status"] == "complete").sum()),
                 "trials_pruned": int(search["status"].isin(("pruned", "stopped")).sum()),
                 "trials_failed": int((search["status"] == "failed").sum()),
-                "compute_time": float(mine["wall_time"].fillna(0.0).sum()),
+                "compute_time": float(
+                    every.loc[every["optimizer"] == name, "wall_time"].fillna(0.0).sum()
+                ),
             }
         )
     frame = pd.DataFrame(rows, columns=COMPARE_COLUMNS)

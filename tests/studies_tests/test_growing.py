@@ -162,6 +162,17 @@ def test_a_new_best_is_swept_again(folder):
     new = sorted((r[2], r[3]) for r in after[len(before) :] if r[2] != "search")
     assert new == [("confirm", 4), ("sweep", 4), ("sweep", 4)]
     assert campaign_complete(grown, url)
+    # What the report, the export and compare read: the new best's runs only.
+    from dashboards.data import load_campaign
+    from dashboards.export import best_config
+    from studies.results import load_across
+
+    data = load_campaign(url, "grow")
+    rerun = data.runs[data.runs["phase"] != "search"]
+    assert sorted(rerun["trial_number"].tolist()) == [4, 4, 4]
+    assert best_config(data, "adam")["provenance"]["trial"] == 4
+    assert compare_frame(url, "grow").loc[0, "confirm_seeds"] == 1
+    assert load_across(url, ["grow"]).table["n"].tolist() == [1]  # not the old best's seed too
 
 
 @pytest.mark.parametrize(
