@@ -304,11 +304,11 @@ def test_concurrent_workers_keep_equal_budgets_and_confirm_each_seed_once(
 
 @pytest.mark.slow
 def test_a_sigkilled_workers_trial_is_retried_and_the_budget_completes(sqlite_url, tmp_path):
-    # Trials long enough (~0.5 s) to kill one mid-run; heartbeat 1 s, grace 3 s.
+    # Trials long enough (~2 s) to kill one mid-run; heartbeat 1 s, grace 3 s.
     path = write_spec(
         tmp_path,
         VALLEY,
-        workload={"name": "valley2d", "options": {"steps": 1500, "report_every": 250}},
+        workload={"name": "valley2d", "options": {"steps": 6000, "report_every": 1000}},
         optimizers=["adam", "sgd"],
         budget={"trials": 3},
         confirm={"seeds": 1},
