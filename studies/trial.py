@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from studies.results import ResultsDB
+from studies.stopping import check_stop
 from studies.storage import mask_text
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ def run_trial(
         last_flush = time.monotonic()
 
     def on_epoch(rep: EpochReport) -> None:
+        check_stop()  # a worker asked to stop whose KeyboardInterrupt was lost
         if make_optimizer.schedule is not None and not make_optimizer.schedule_applied:
             raise RuntimeError(_unapplied(workload))  # at the first report, not after the run
         buffer.extend((rep.epoch, name, value) for name, value in rep.metrics.items())

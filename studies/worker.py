@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -52,6 +51,7 @@ from studies.run_settings import (
 from studies.samplers import make_pruner, make_sampler
 from studies.seeds import confirm_seed, sampler_seed, search_seed
 from studies.spec import CampaignSpec
+from studies.stopping import check_stop, stop_on_signals
 from studies.storage import (
     CampaignLock,
     check_storage_identity,
@@ -165,14 +165,9 @@ class Worker:
 
     def run(self) -> list[Event]:
         """Work until the whole campaign (every optimizer's search and confirm) is done."""
-        stops = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.getsignal(sig) for sig in stops}
-        in_main = threading.current_thread() is threading.main_thread()
-        if in_main:
-            for sig in stops:
-                signal.signal(sig, _raise_interrupted)
-        try:
+        with stop_on_signals():
             while True:
+                check_stop()  # a stop whose KeyboardInterrupt was lost (studies/stopping.py)
                 check_storage_identity(self.config.storage, self._storage_identity)
                 check_spec_current(self.config.storage, self.spec)  # not grown meanwhile
                 if self._search_step():
@@ -186,10 +181,6 @@ class Worker:
                 if self.on_idle is not None:
                     self.on_idle()
                 time.sleep(self.config.poll_interval)
-        finally:
-            if in_main:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
 
     def waiting_for(self) -> list[str]:
         """The runs other workers hold that this one waits for ("adam trial #3", ...)."""
@@ -582,19 +573,3 @@ class Worker:
             if confirmed(claims, label, self.spec.confirm_seeds) < self.spec.confirm_seeds:
                 return False
         return sweeps_done(self)
-
-
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    # Ctrl-C and SIGTERM (a scheduler stopping the job) stop the worker the same way, leaving
-    # the work resumable. Further signals are ignored while it puts its trial back (Ctrl-C
-    # reaches every process of the group, and the command then stops its forked workers with
-    # SIGTERM): a second interrupt in the middle would leave the trial RUNNING.
-    # (A Python no-op, not SIG_IGN: a signal already pending when the handler changes would
-    # otherwise be reported as "ignored due to race condition".)
-    signal.signal(signal.SIGINT, _ignore)
-    signal.signal(signal.SIGTERM, _ignore)
-    raise KeyboardInterrupt
-
-
-def _ignore(signum: int, frame: Any) -> None:
-    pass
