@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from studies.formatting import format_compare, format_number, table
+from studies.formatting import format_number, table
 from studies.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
@@ -168,7 +168,7 @@ def _plugins(group: str) -> list[Any]:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from studies.results import compare_frame
+    from studies.tuning_output import compare_output
 
     spec = _load_spec(args)
     _check_run_flags(args, spec)
@@ -184,7 +184,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         files = resolve_artifacts(url, args.artifacts)
         print(f"artifacts: {files or 'none (a server database needs --artifacts DIR|s3://BUCKET)'}")
     _run(args, spec, url, workers=args.workers, quiet=args.quiet)
-    print(format_compare(compare_frame(url, spec.name)))
+    print(compare_output(url, spec.name, fmt="table"))  # with time-to-target for a `target:`
     return 0
 
 
@@ -364,9 +364,9 @@ def _demo_spec(name: str, trials: int | None, seeds: int | None, workdir: str) -
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from studies.results import compare_frame
     from studies.run_settings import check_device, check_run_settings
     from studies.spec import MAX_CONFIRM_SEEDS
+    from studies.tuning_output import compare_output
 
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be an integer >= 1, got {args.trials}")
@@ -411,7 +411,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"{spec.trials} trials each, confirm on {spec.confirm_seeds} seeds"
             )
             _run(args, spec, url, workers=args.workers, quiet=args.quiet)
-            print(format_compare(compare_frame(url, spec.name)))
+            print(compare_output(url, spec.name, fmt="table"))
     storage_arg = "" if url == DEFAULT_STORAGE else f" --storage '{mask_url(url)}'"
     print(
         f"\nNext: `hvadam compare {names[0]}{storage_arg}` prints a table again; "
