@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from dashboards.stats import CANDIDATES
+from studies.results import CANDIDATES
 
 __all__ = ["CampaignData", "CampaignNotFound", "load_campaign"]
 

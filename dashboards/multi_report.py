@@ -10,7 +10,6 @@ curves); docs/cross-workload.md defines them. Like the single report, it opens o
 
 from __future__ import annotations
 
-import datetime as _dt
 import html
 import math
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dashboards import figures
-from dashboards.report import _CSS, Report, Section, _fmt, _p, _table, _versions
+from dashboards.report import Report, Section, _fmt, _p, _table, render_page
 
 __all__ = ["MULTI_SECTIONS", "build_multi_report", "write_multi_report"]
 
@@ -216,43 +215,11 @@ def _wins_figures(wtl: Any, *, path: Path) -> tuple[Any, Path]:
 
 
 def _page(across: Any, storage: str | None, sections: list[Section]) -> str:
-    first = True
-    body = []
-    for sec in sections:
-        body.append(f'<section id="{sec.id}"><h2>{html.escape(sec.title)}</h2>')
-        if sec.empty:
-            body.append(f'<p class="empty">{html.escape(sec.empty)}</p>')
-        body.extend(sec.parts)
-        if sec.figure is not None:
-            body.append(
-                sec.figure.to_html(
-                    full_html=False, include_plotlyjs=first, config={"displaylogo": False}
-                )
-            )
-            first = False
-        if sec.png is not None:
-            body.append(f'<p class="png">PNG: <a href="{sec.png.name}">{sec.png.name}</a></p>')
-        body.append("</section>")
-    nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections)
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = [
         f"campaigns: {', '.join(across.campaigns)}",
         f"optimizers: {', '.join(across.optimizers)}",
     ]
-    if storage:
-        from studies.api import mask_url
-
-        meta.append(f"storage: {mask_url(storage)}")
-    meta.append(f"generated {when}")
-    meta.append(", ".join(f"{k} {v}" for k, v in _versions().items()))
-    title = html.escape(f"hvadam report: {', '.join(across.campaigns)}")
-    return (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{_CSS}</style></head><body><h1>{title}</h1>"
-        f'<p class="meta">{html.escape(" · ".join(meta))}</p><nav>{nav}</nav>'
-        + "".join(body)
-        + "</body></html>"
-    )
+    return render_page(f"hvadam report: {', '.join(across.campaigns)}", meta, storage, sections)
 
 
 def build_multi_report(across: Any, out_dir: str | Path, *, storage: str | None = None) -> Report:

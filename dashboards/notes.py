@@ -15,9 +15,9 @@ import math
 from typing import Any
 
 from dashboards.data import CampaignData, CampaignNotFound, load_campaign
-from dashboards.stats import comparison_tables
 from dashboards.tuning_sections import budget_markdown
 from studies.api import campaign_status
+from studies.results import comparison_tables
 
 __all__ = ["annotate_studies", "campaign_note", "progress_markdown"]
 

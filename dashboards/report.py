@@ -23,9 +23,9 @@ import pandas as pd
 from dashboards import figures
 from dashboards.data import CampaignData, load_campaign
 from dashboards.importance import ImportancesInBackground, campaign_importances
-from dashboards.stats import comparison_tables
 from dashboards.sweep_section import controlled_sweeps, scatter_note
 from dashboards.tuning_sections import compute_section, tuning_section
+from studies.results import comparison_tables
 
 __all__ = ["SECTIONS", "Report", "build_report", "write_report"]
 
@@ -420,7 +420,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _page(data: CampaignData, sections: list[Section]) -> str:
+def render_page(title: str, meta: list[str], storage: str | None, sections: list[Section]) -> str:
+    """The self-contained HTML page of `sections` (plotly.js inlined once, so it opens offline),
+    under `title`, with the `meta` line (plus the masked storage, the date and the versions)."""
     first = True
     body = []
     for sec in sections:
@@ -439,20 +441,14 @@ def _page(data: CampaignData, sections: list[Section]) -> str:
             body.append(f'<p class="png">PNG: <a href="{sec.png.name}">{sec.png.name}</a></p>')
         body.append("</section>")
     nav = "".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in sections)
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = [
-        f"workload: {data.workload or 'unknown'}",
-        f"metric: {data.metric} ({data.direction})",
-        f"optimizers: {', '.join(data.optimizers)}",
-        f"runs: {len(data.runs)}",
-    ]
-    if data.storage:
+    meta = list(meta)
+    if storage:
         from studies.api import mask_url
 
-        meta.append(f"storage: {mask_url(data.storage)}")
-    meta.append(f"generated {when}")
+        meta.append(f"storage: {mask_url(storage)}")
+    meta.append(f"generated {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     meta.append(", ".join(f"{k} {v}" for k, v in _versions().items()))
-    title = html.escape(f"hvadam report: {data.campaign}")
+    title = html.escape(title)
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{_CSS}</style></head><body><h1>{title}</h1>"
@@ -460,6 +456,16 @@ def _page(data: CampaignData, sections: list[Section]) -> str:
         + "".join(body)
         + "</body></html>"
     )
+
+
+def _page(data: CampaignData, sections: list[Section]) -> str:
+    meta = [
+        f"workload: {data.workload or 'unknown'}",
+        f"metric: {data.metric} ({data.direction})",
+        f"optimizers: {', '.join(data.optimizers)}",
+        f"runs: {len(data.runs)}",
+    ]
+    return render_page(f"hvadam report: {data.campaign}", meta, data.storage, sections)
 
 
 _BUILDERS = {

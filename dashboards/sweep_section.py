@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from dashboards import figures
-from dashboards.stats import summarize
+from studies.results import summarize
 
 if TYPE_CHECKING:
     from dashboards.data import CampaignData

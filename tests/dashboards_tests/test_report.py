@@ -17,8 +17,8 @@ from dashboards.browser import BrowserUnavailable, chromium
 from dashboards.data import load_campaign
 from dashboards.figures import PNG_SIZE
 from dashboards.report import SECTIONS, write_report
-from dashboards.stats import summarize
 from dashboards.synthetic import write_synthetic_campaign
+from studies.results import summarize
 
 
 def png_size(path: Path) -> tuple[int, int]:

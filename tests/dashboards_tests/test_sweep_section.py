@@ -12,10 +12,9 @@ from campaign_fixtures import real_campaign_url
 from dashboards.data import load_campaign
 from dashboards.figures import PNG_SIZE
 from dashboards.report import SECTIONS, write_report
-from dashboards.stats import summarize
 from dashboards.sweep_section import sweep_panels
 from dashboards.synthetic import write_synthetic_campaign
-from studies.results import runs_frame
+from studies.results import runs_frame, summarize
 
 VALUES = (0.0, 0.5, 1.0, 1.5)
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from dashboards.stats import compare_groups, comparison_tables, holm, summarize
+from studies.results import compare_groups, comparison_tables, holm, summarize
 
 
 def _mean(x):
