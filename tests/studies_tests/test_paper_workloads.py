@@ -35,7 +35,11 @@ def run(workload, make_optimizer, seed=0):
 
 
 def tiny_campaign(tmp_path: Path, name: str, workload: dict) -> list[dict]:
-    """A real 2-optimizer x 2-trial campaign (one confirm seed); returns its runs."""
+    """A real 2-optimizer x 2-trial campaign (one confirm seed); returns its runs.
+
+    One worker with a fixed index, so the random sampler's second trial is the same every time
+    (a sampler's seed includes the worker's index, by default derived from its process id).
+    """
     data = {
         "name": name,
         "workload": workload,
@@ -50,11 +54,19 @@ def tiny_campaign(tmp_path: Path, name: str, workload: dict) -> list[dict]:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    run_campaign(load_spec(path), RunnerConfig(storage=url, threads=1))
+    run_campaign(load_spec(path), RunnerConfig(storage=url, threads=1, worker_index=0))
     runs = runs_frame(url, name).to_dict("records")
     assert len(runs) == 2 * (2 + 1)
     assert {r["optimizer"] for r in runs} == {"hvadam", "adamw"}
     return runs
+
+
+def default_config_runs(runs: list[dict]) -> list[dict]:
+    """The search runs of each optimizer's default config (trial 0): a sampled learning rate
+    may be far from a good one, so a loss bound holds for these only."""
+    picked = [r for r in runs if r["phase"] == "search" and r["trial_number"] == 0]
+    assert len(picked) == 2
+    return picked
 
 
 # ---- gpt-text ----------------------------------------------------------------------------------
@@ -165,7 +177,8 @@ def test_gpt_text_campaign(tmp_path):
         tmp_path, "gpt", {"name": "gpt-text", "options": {**GPT_TINY, "data_dir": str(root),
                                                           "max_steps": 20}})  # fmt: skip
     assert all(r["status"] == "complete" for r in runs), [r["reason"] for r in runs]
-    assert all(0 < r["value"] < math.log(256) + 1 for r in runs)
+    assert all(0 < r["value"] < math.log(256) + 1 for r in default_config_runs(runs))
+    assert all(0 < r["value"] < math.inf for r in runs)
 
 
 def test_shipped_cpu_specs_load():
@@ -301,7 +314,8 @@ def test_ddpm_cifar10_trains_on_tiny_files_with_inception_fid(tiny_cifar, standi
 def test_ddpm_digits_campaign(tmp_path):
     runs = tiny_campaign(tmp_path, "ddpm", {"name": "ddpm-digits", "options": DDPM_TINY})
     assert all(r["status"] == "complete" for r in runs), [r["reason"] for r in runs]
-    assert all(0 < r["value"] < 2 for r in runs)
+    assert all(0 < r["value"] < 2 for r in default_config_runs(runs))
+    assert all(0 < r["value"] < math.inf for r in runs)
 
 
 # ---- gan ---------------------------------------------------------------------------------------
