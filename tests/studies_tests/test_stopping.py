@@ -20,6 +20,9 @@ from studies.runner import RunnerConfig, Worker, prepare_campaign
 from studies.spec import load_spec
 from studies.stopping import check_stop, stop_on_signals
 
+# Python reports the dropped KeyboardInterrupt ("Exception ignored in ..."): that is the case here.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 
 class _SignalsWhenCollected:
     def __del__(self) -> None:
