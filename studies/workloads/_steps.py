@@ -13,9 +13,18 @@ from typing import Any
 
 import torch
 
-from studies.workloads._base import Option
+from studies.workloads._base import MakeOptimizer, Option
+from studies.workloads._schedule import LrSchedule, lr_schedule
 
-__all__ = ["autocast", "cosine_lambda", "report_steps", "step_options", "total_steps", "use_bf16"]
+__all__ = [
+    "autocast",
+    "cosine_lambda",
+    "report_steps",
+    "step_options",
+    "step_schedule",
+    "total_steps",
+    "use_bf16",
+]
 
 
 def step_options(steps: int, report_every: int, warmup: int) -> dict[str, Option]:
@@ -54,6 +63,17 @@ def cosine_lambda(options: dict[str, Any]) -> Any:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def step_schedule(
+    make_optimizer: MakeOptimizer, optimizer: torch.optim.Optimizer, options: dict[str, Any]
+) -> LrSchedule:
+    """The run's learning-rate schedule, stepped after every optimizer step: a searched one
+    (`lr_schedule`) replaces the built-in warm-up + cosine one (`cosine_lambda`)."""
+    schedule = lr_schedule(make_optimizer, optimizer, options["steps"])
+    if schedule.active:
+        return schedule
+    return LrSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(options)))
 
 
 def use_bf16(options: dict[str, Any], device: torch.device) -> bool:

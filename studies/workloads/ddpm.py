@@ -33,17 +33,17 @@ from studies.workloads._base import (
     Stopwatch,
     Workload,
     check_finite,
+    current_lr,
     epoch_metrics,
     report,
     resolve_device,
     seed_everything,
 )
-from studies.workloads._schedule import LrSchedule, lr_schedule
 from studies.workloads._steps import (
     autocast,
-    cosine_lambda,
     report_steps,
     step_options,
+    step_schedule,
     total_steps,
     use_bf16,
 )
@@ -164,10 +164,7 @@ class DDPM(Workload):
         model = build_unet(o["dataset"], o["width"], o["attention"])
         model = model.to(dev, memory_format=memory)  # type: ignore[call-overload]
         optimizer = make_optimizer(model.parameters())
-        # A searched schedule replaces the built-in warm-up + cosine one.
-        schedule = lr_schedule(make_optimizer, optimizer, o["steps"])
-        if not schedule.active:
-            schedule = LrSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(o)))
+        schedule = step_schedule(make_optimizer, optimizer, o)  # searched, else warm-up + cosine
         draws = torch.Generator(device=dev).manual_seed(int(seed))
 
         def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -193,7 +190,7 @@ class DDPM(Workload):
             epoch += 1
             chunk = min(every, steps - step)
             total = torch.zeros((), device=dev)
-            lr_used = float(optimizer.param_groups[0]["lr"])
+            lr_used = current_lr(optimizer)
             watch = Stopwatch(dev)
             with watch:
                 for _ in range(chunk):

@@ -43,17 +43,17 @@ from studies.workloads._base import (
     Stopwatch,
     Workload,
     check_finite,
+    current_lr,
     epoch_metrics,
     report,
     resolve_device,
     seed_everything,
 )
-from studies.workloads._schedule import LrSchedule, lr_schedule
 from studies.workloads._steps import (
     autocast,
-    cosine_lambda,
     report_steps,
     step_options,
+    step_schedule,
     total_steps,
     use_bf16,
 )
@@ -245,10 +245,7 @@ class GPTText(Workload):
             n_layer=o["n_layer"], n_head=o["n_head"], d_model=o["d_model"], context=o["context"]
         ).to(dev)
         optimizer = make_optimizer(param_groups(model))
-        # A searched schedule replaces the built-in warm-up + cosine one.
-        schedule = lr_schedule(make_optimizer, optimizer, o["steps"])
-        if not schedule.active:
-            schedule = LrSchedule(torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(o)))
+        schedule = step_schedule(make_optimizer, optimizer, o)  # searched, else warm-up + cosine
 
         @torch.no_grad()
         def evaluate() -> float:
@@ -271,7 +268,7 @@ class GPTText(Workload):
             chunk = min(every, steps - step)
             total = torch.zeros((), device=dev)
             watch = Stopwatch(dev)
-            lr_used = float(optimizer.param_groups[0]["lr"])
+            lr_used = current_lr(optimizer)
             with watch:
                 for _ in range(chunk):
                     batch = sample_windows(train, o["batch_size"], length, draws).to(dev)
