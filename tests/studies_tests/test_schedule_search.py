@@ -271,7 +271,9 @@ def campaign(tmp_path_factory) -> tuple[str, Any]:
     folder = tmp_path_factory.mktemp("sched")
     spec = load_spec(write_spec(folder, DIGITS))
     url = f"sqlite:///{folder / 'c.db'}"
-    run_campaign(spec, RunnerConfig(storage=url, threads=1))
+    # A fixed worker index: the random sampler's trials (its seed includes the worker's index,
+    # by default derived from the process id) are the same every run.
+    run_campaign(spec, RunnerConfig(storage=url, threads=1, worker_index=0))
     return url, spec
 
 
