@@ -230,12 +230,7 @@ def build_multi_report(across: Any, out_dir: str | Path, *, storage: str | None 
     sections = [_ranks(across), _wins(across, out), _profiles(across, out)]
     path = out / "report.html"
     path.write_text(_page(across, storage, sections), encoding="utf-8")
-    return Report(
-        html=path,
-        pngs={s.id: s.png for s in sections if s.png is not None},
-        empty={s.id: s.empty for s in sections if s.empty},
-        seconds=time.perf_counter() - t0,
-    )
+    return Report.of(path, sections, time.perf_counter() - t0)
 
 
 def write_multi_report(

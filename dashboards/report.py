@@ -64,6 +64,16 @@ class Report:
     seconds: float = 0.0
     artifacts: list[str] = field(default_factory=list)  # ids in the artifact store, if uploaded
 
+    @classmethod
+    def of(cls, html: Path, sections: list[Section], seconds: float) -> Report:
+        """The report of a page written from `sections`."""
+        return cls(
+            html=html,
+            pngs={s.id: s.png for s in sections if s.png is not None},
+            empty={s.id: s.empty for s in sections if s.empty},
+            seconds=seconds,
+        )
+
 
 # ---- helpers ------------------------------------------------------------------------------
 
@@ -501,12 +511,7 @@ def build_report(
     sections = [built[sid] for sid, _ in SECTIONS]
     path = out / "report.html"
     path.write_text(_page(data, sections), encoding="utf-8")
-    return Report(
-        html=path,
-        pngs={s.id: s.png for s in sections if s.png is not None},
-        empty={s.id: s.empty for s in sections if s.empty},
-        seconds=time.perf_counter() - t0,
-    )
+    return Report.of(path, sections, time.perf_counter() - t0)
 
 
 def write_report(
