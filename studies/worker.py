@@ -98,7 +98,6 @@ class Worker:
         cfg = self.config
         self.db = ResultsDB(cfg.storage)
         self.spaces = self.spec.load_spaces()
-        warm_up(self.spaces)  # torch's lazy imports, so that no trial's time pays for them
         self.workload = self.spec.build_workload()
         self.device = resolve_device(cfg.device or self.spec.device)
         if cfg.threads:
@@ -165,6 +164,7 @@ class Worker:
 
     def run(self) -> list[Event]:
         """Work until the whole campaign (every optimizer's search and confirm) is done."""
+        warm_up(self.spaces)  # torch's lazy imports, so that no trial's time pays for them
         with stop_on_signals():
             while True:
                 check_stop()  # a stop whose KeyboardInterrupt was lost (studies/stopping.py)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from studies.budget import warm_up
 from studies.campaign import quiet_optuna
 from studies.execution import Execution
 from studies.ray_backend.session import LABEL_KEY, METRIC, PHASE_KEY, STATE_FILE, RayError
@@ -68,6 +69,7 @@ class RayTrialWorker(Worker):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.curve_flush_interval = 0.0
+        warm_up(self.spaces)  # as `Worker.run` does: no trial's time pays for torch's imports
 
     def _own_trial(self, label: str, ray_trial_id: str) -> optuna.trial.FrozenTrial:
         study = self.studies[label]
